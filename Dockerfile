@@ -1,0 +1,22 @@
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 PROMETHEUS_MULTIPROC_DIR=/tmp/mmax-metrics
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+# Code and the bundled weights (assets/): nothing is downloaded at run time.
+COPY config.py app.py gunicorn.conf.py ./
+COPY api/ api/
+COPY core/ core/
+COPY assets/ assets/
+
+RUN useradd --create-home --uid 10001 mmax
+USER mmax
+
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/health/ready', timeout=4).status != 200)"
+CMD ["gunicorn", "app:create_app()"]

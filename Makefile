@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make run` serves every model with the bundled weights; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
+
+.PHONY: run dev test train-leukocyte bench clean
+
+$(BIN)/activate: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(BIN)/activate
+
+run: $(BIN)/activate  ## serve on port 5000 with gunicorn (production settings)
+	$(BIN)/gunicorn "app:create_app()"
+
+dev: $(BIN)/activate  ## Flask's development server
+	$(BIN)/python app.py
+
+test: $(BIN)/activate
+	$(BIN)/python -m pytest -q
+
+train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data
+	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --lr 1e-4 --epochs 40
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,23 @@
+"""The REST layer: one set of routes for every model of the registry (Swagger UI at ``/``)."""
+from __future__ import annotations
+
+from flask import Flask
+from flask_restx import Api
+
+from api import health, metrics, model
+from api.errors import register_error_handlers
+from api.security import AUTHORIZATIONS
+from core.registry import ModelRegistry
+
+
+def build_api(app: Flask, registry: ModelRegistry) -> Api:
+    api = Api(app, version="1.0", title="microscopy-max",
+              description="Microscopy models as one REST service. Every model answers the same routes: "
+                          "list them with GET /model/metadata, run one with POST /model/{id}/predict.",
+              doc="/", authorizations=AUTHORIZATIONS)
+    api.add_namespace(model.create_namespace(registry), path="/model")
+    api.add_namespace(health.create_namespace(registry), path="/health")
+    api.add_namespace(metrics.ns, path="/metrics")
+    register_error_handlers(app, api)
+    metrics.install(app, set(registry.models))
+    return api

@@ -1,0 +1,44 @@
+"""Every error, ours or the framework's, as ``{"status": "error", "message": ...}`` with the right code."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask_restx import Api
+from werkzeug.exceptions import HTTPException
+
+from core.errors import ClientError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(message: str) -> dict[str, str]:
+    return {"status": "error", "message": message}
+
+
+def _http_message(exc: HTTPException) -> str:
+    if exc.code == 413:
+        from flask import current_app
+
+        return f"upload too large: the limit is {current_app.config['MAX_CONTENT_LENGTH']:,} bytes"
+    return exc.description or exc.name
+
+
+def register_error_handlers(app: Flask, api: Api) -> None:
+    @api.errorhandler(ClientError)
+    def _client_error(exc: ClientError):
+        return error_body(exc.message), exc.status
+
+    @api.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return error_body(_http_message(exc)), exc.code
+
+    @api.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_body("internal error; the server logged the details"), 500
+
+    # Outside the API's routes (unknown URL, wrong method on a static page) Flask answers; same shape.
+    @app.errorhandler(HTTPException)
+    def _flask_http_error(exc: HTTPException):
+        return error_body(_http_message(exc)), exc.code

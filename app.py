@@ -1,0 +1,37 @@
+"""microscopy-max: ``create_app()`` for gunicorn (``gunicorn "app:create_app()"``); ``python app.py`` for development."""
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+from config import Config
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Check every enabled model's assets now, then load and warm them in the background."""
+    config = config or Config.from_env()
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from api import build_api
+    from core.registry import ModelRegistry
+
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes, MMAX=config, ERROR_404_HELP=False,
+                      RESTX_MASK_SWAGGER=False, SWAGGER_UI_DOC_EXPANSION="list")
+    registry = ModelRegistry(config.assets_dir, config.models)
+    app.extensions["mmax_registry"] = registry
+    if config.cors:
+        from flask_cors import CORS
+
+        CORS(app)
+    build_api(app, registry)
+    registry.start_loading()
+    return app
+
+
+if __name__ == "__main__":
+    settings = Config.from_env()
+    create_app(settings).run(host=settings.host, port=settings.port, threaded=True)

@@ -1,0 +1,55 @@
+"""Service settings, all read from environment variables (prefix ``MMAX_``) with documented defaults.
+
+The table in README.md lists the same settings; ``Config.from_env`` is the one place they are read.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"MMAX_{name}", default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name, "1" if default else "0").strip().lower()
+    return value in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 5000
+    workers: int = 1
+    threads: int = 4
+    timeout_s: int = 120
+    assets_dir: Path = ROOT / "assets"
+    # "all" serves every model found in assets_dir; otherwise a comma-separated list of model ids.
+    models: tuple[str, ...] | None = None
+    max_upload_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    cors: bool = False
+    api_key: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        models = _env("MODELS", "all").strip()
+        return cls(
+            host=_env("HOST", "0.0.0.0"),
+            port=int(_env("PORT", "5000")),
+            workers=int(_env("WORKERS", "1")),
+            threads=int(_env("THREADS", "4")),
+            timeout_s=int(_env("TIMEOUT", "120")),
+            assets_dir=Path(_env("ASSETS_DIR", str(ROOT / "assets"))),
+            models=None if models in {"", "all"} else tuple(m.strip() for m in models.split(",") if m.strip()),
+            max_upload_bytes=int(_env("MAX_UPLOAD_BYTES", str(64 * 1024 * 1024))),
+            max_image_pixels=int(_env("MAX_IMAGE_PIXELS", "64000000")),
+            cors=_env_bool("CORS", False),
+            api_key=_env("API_KEY", "") or None,
+            log_level=_env("LOG_LEVEL", "INFO"),
+        )

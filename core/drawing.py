@@ -1,0 +1,33 @@
+"""Predictions drawn over the uploaded image, so a person can check them at a glance."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# Colour-blind-safe palette (Okabe & Ito), one colour per label index.
+PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
+           (0, 114, 178), (213, 94, 0), (204, 121, 167), (0, 0, 0)]
+
+
+def colour_for(label_index: int) -> tuple[int, int, int]:
+    return PALETTE[label_index % len(PALETTE)]
+
+
+def draw_boxes(rgb: np.ndarray, predictions: Sequence[dict[str, Any]], label_names: Sequence[str]) -> Image.Image:
+    """Each prediction's ``bbox`` outlined in its label's colour, with label and probability above it."""
+    image = Image.fromarray(rgb).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 300))
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 45)))
+    for prediction in predictions:
+        x, y, w, h = prediction["bbox"]
+        colour = colour_for(label_names.index(prediction["label"]))
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=width)
+        text = f"{prediction['label']} {prediction['probability']:.2f}"
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        ty = y - (bottom - top) - 2 if y - (bottom - top) - 2 >= 0 else y + h + 1
+        draw.rectangle([x, ty, x + (right - left) + 4, ty + (bottom - top) + 2], fill=colour)
+        draw.text((x + 2, ty - (top - y)), text, fill=(0, 0, 0) if sum(colour) > 350 else (255, 255, 255), font=font)
+    return image

@@ -1,0 +1,120 @@
+"""The template every model follows: read inputs → preprocess → run the network → postprocess.
+
+A model module (``core/models/<id>.py``) subclasses :class:`MicroscopyModel`, fills in the steps and sets
+``MODEL_CLASS``. Nothing heavy happens at import: weights load in :meth:`load`, called by the registry.
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image
+
+from core.assets import ModelSpec, verify_weights
+from core.drawing import draw_boxes
+from core.errors import ClientError
+from core.imageio import decode_image, to_rgb8
+from core.options import Option
+from core.tta import dihedral_mean
+
+FORMAT_OPTION = Option("format", str, "json", "json: predictions; png: the image with the predictions drawn",
+                       choices=("json", "png"))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training file: its path, label index and the group (original cell, slide…) it belongs to."""
+
+    path: Path
+    label: int
+    group: str
+
+
+class MicroscopyModel(ABC):
+    #: model-specific options, besides ``format`` which every model that locates things gets
+    options: tuple[Option, ...] = ()
+    #: whether predictions carry positions (then ``format=png`` draws them)
+    locates: bool = True
+    batch_size: int = 32
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.network = None
+        self._lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    @classmethod
+    def declared_options(cls) -> tuple[Option, ...]:
+        return ((FORMAT_OPTION,) if cls.locates else ()) + cls.options
+
+    def load(self) -> None:
+        verify_weights(self.spec)
+        import keras  # imported here so that importing a model module stays cheap
+
+        self.network = keras.saving.load_model(self.spec.weights_path, compile=False)
+
+    def warm_up(self) -> None:
+        """One real call on a synthetic image, so the first client does not pay for graph tracing."""
+        self.predict(self.warm_up_input(), {o.name: o.default for o in self.declared_options()})
+
+    def warm_up_input(self) -> Any:
+        return Image.new("RGB", (256, 256), (230, 200, 210))
+
+    # ---- the template ------------------------------------------------------------------------------
+    def read_inputs(self, uploads: Mapping[str, bytes], max_pixels: int) -> Any:
+        """Decoded inputs from the uploaded files; by default one image in the field ``image``."""
+        if "image" not in uploads:
+            got = ", ".join(f"'{name}'" for name in uploads) or "none"
+            raise ClientError(f"missing the multipart file field 'image' (got: {got})")
+        return decode_image(uploads["image"], max_pixels)
+
+    def predict(self, inputs: Any, options: dict[str, Any]) -> dict[str, Any]:
+        batch, context = self.preprocess(inputs, options)
+        outputs = self.run_network(batch)
+        return self.postprocess(outputs, context, options)
+
+    @abstractmethod
+    def preprocess(self, inputs: Any, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        """The network's input batch, and whatever postprocess needs to map outputs back to the image."""
+
+    @abstractmethod
+    def postprocess(self, outputs: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """The response body's model part: at least ``predictions``."""
+
+    @property
+    def uses_tta(self) -> bool:
+        """model.json ``inference.tta: true``: average over the 8 dihedral views (square inputs only)."""
+        return bool(self.spec.meta.get("inference", {}).get("tta"))
+
+    def run_network(self, batch: np.ndarray) -> np.ndarray:
+        if self.uses_tta and len(batch):
+            return dihedral_mean(self._run_batches, batch)
+        return self._run_batches(batch)
+
+    def _run_batches(self, batch: np.ndarray) -> np.ndarray:
+        if self.network is None:
+            raise RuntimeError(f"model '{self.spec.id}' is not loaded")
+        if len(batch) == 0:
+            return np.zeros((0,) + tuple(self.network.output_shape[1:]), dtype=np.float32)
+        chunks = []
+        step = self.batch_size * (8 if self.uses_tta else 1)
+        with self._lock:  # one network call at a time per model: Keras models are not re-entrant
+            for start in range(0, len(batch), step):
+                chunks.append(np.asarray(self.network(batch[start:start + step], training=False)))
+        return np.concatenate(chunks)
+
+    def render(self, inputs: Any, result: dict[str, Any]) -> Image.Image:
+        """``format=png``: the uploaded image with the predictions drawn."""
+        return draw_boxes(to_rgb8(inputs), result["predictions"], self.spec.label_names)
+
+    # ---- training hooks (used by ``python -m core.training``) -------------------------------------
+    def training_examples(self, data_dir: Path) -> list[Example]:
+        raise NotImplementedError(f"model '{self.spec.id}' cannot be trained with the shared command")
+
+    def training_input(self, image: Image.Image) -> np.ndarray:
+        """One training file turned into the network's input, exactly as predict would see it."""
+        raise NotImplementedError

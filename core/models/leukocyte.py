@@ -1,0 +1,134 @@
+"""Leukocyte typing: find white blood cells in a stained smear, classify each into four types.
+
+Leukocyte nuclei are the purple objects of a Wright/Giemsa smear: blue well above green, while red cells
+and background are pink or pale. Thresholding that difference, merging nuclear lobes and dropping the
+small purple platelets finds each leukocyte; a fixed window around it goes to the classifier. Training
+uses the very same detection and window (``training_input``), so serving sees what training saw.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
+from skimage import filters, measure, morphology
+
+from core.imageio import to_rgb8
+from core.model_base import Example, MicroscopyModel
+from core.options import Option
+
+# Blue minus green of a nucleus pixel is typically 60-150; of red cells and background below 30.
+STAIN_FLOOR = 40
+FILE_PATTERN = re.compile(r"_(\d+)_(\d+)\.jpe?g$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Leukocyte:
+    bbox: tuple[int, int, int, int]  # x, y, width, height
+    centre: tuple[float, float]      # x, y
+    area: int
+
+
+def find_leukocytes(rgb: np.ndarray, min_area: int) -> list[Leukocyte]:
+    """Leukocytes of an RGB smear image, top to bottom; ``min_area`` (px) separates them from platelets."""
+    signed = rgb.astype(np.int16)
+    stain = signed[..., 2] - signed[..., 1]
+    if stain.max() <= STAIN_FLOOR:
+        return []
+    threshold = max(float(filters.threshold_otsu(stain)), STAIN_FLOOR)
+    mask = ndi.binary_closing(stain > threshold, morphology.disk(3))
+    mask = ndi.binary_dilation(mask, morphology.disk(6))  # joins the lobes of one nucleus
+    found = []
+    for region in measure.regionprops(measure.label(mask)):
+        if region.area < min_area:
+            continue
+        top, left, bottom, right = region.bbox
+        # The mask covers the nucleus; a margin of a fifth of its size takes in the cytoplasm.
+        margin_x, margin_y = round(0.2 * (right - left)), round(0.2 * (bottom - top))
+        x0, y0 = max(0, left - margin_x), max(0, top - margin_y)
+        x1, y1 = min(rgb.shape[1], right + margin_x), min(rgb.shape[0], bottom + margin_y)
+        cy, cx = region.centroid
+        found.append(Leukocyte((x0, y0, x1 - x0, y1 - y0), (cx, cy), int(region.area)))
+    return sorted(found, key=lambda cell: (cell.centre[1], cell.centre[0]))
+
+
+def crop_window(rgb: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray:
+    """A size×size window centred on ``centre``; outside the image is black, as in the training crops."""
+    half = size // 2
+    padded = np.pad(rgb, ((half, half), (half, half), (0, 0)))
+    x, y = round(centre[0]), round(centre[1])
+    return padded[y:y + size, x:x + size]
+
+
+class LeukocyteModel(MicroscopyModel):
+    options = (
+        Option("scale", float, 1.0,
+               "resize factor that brings the upload to the model's scale (a red cell about 40 px across; "
+               "0.5 for 640x480 BCCD fields)", minimum=0.1, maximum=4.0),
+    )
+
+    @property
+    def window(self) -> int:
+        return int(self.spec.input["crop_px"])
+
+    @property
+    def min_area(self) -> int:
+        return int(self.spec.input["min_nucleus_area_px"])
+
+    def preprocess(self, inputs: Image.Image, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        scale = options["scale"]
+        image = inputs
+        if scale != 1.0:
+            size = (max(1, round(inputs.width * scale)), max(1, round(inputs.height * scale)))
+            image = inputs.resize(size, Image.Resampling.BILINEAR)
+        rgb = to_rgb8(image)
+        cells = find_leukocytes(rgb, self.min_area)
+        batch = np.stack([crop_window(rgb, cell.centre, self.window) for cell in cells]) if cells \
+            else np.zeros((0, self.window, self.window, 3), np.uint8)
+        return batch.astype(np.float32), (cells, scale)
+
+    def postprocess(self, outputs: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
+        cells, scale = context
+        names = self.spec.label_names
+        predictions = []
+        for cell, probabilities in zip(cells, outputs):
+            best = int(np.argmax(probabilities))
+            x, y, w, h = (round(v / scale) for v in cell.bbox)
+            predictions.append({
+                "label": names[best],
+                "probability": round(float(probabilities[best]), 4),
+                "bbox": [x, y, w, h],
+                "probabilities": {name: round(float(p), 4) for name, p in zip(names, probabilities)},
+            })
+        counts = {name: sum(p["label"] == name for p in predictions) for name in names}
+        return {"predictions": predictions, "counts": counts}
+
+    def warm_up_input(self) -> Image.Image:
+        image = Image.new("RGB", (320, 240), (225, 190, 200))
+        ImageDraw.Draw(image).ellipse([130, 90, 190, 150], fill=(110, 60, 170))
+        return image
+
+    # ---- training ----------------------------------------------------------------------------------
+    def training_examples(self, data_dir: Path) -> list[Example]:
+        """``<class>/_N_M.jpeg`` files; N is the original cell, so all its augmentations share a group."""
+        examples = []
+        for label, name in enumerate(self.spec.label_names):
+            for path in sorted((data_dir / name).glob("*")):
+                match = FILE_PATTERN.search(path.name)
+                if match:
+                    examples.append(Example(path, label, f"{name}/{match.group(1)}"))
+        return examples
+
+    def training_input(self, image: Image.Image) -> np.ndarray:
+        rgb = to_rgb8(image)
+        cells = find_leukocytes(rgb, self.min_area)
+        # The labelled cell is the largest one; a crop without any falls back to its centre.
+        centre = max(cells, key=lambda c: c.area).centre if cells else (rgb.shape[1] / 2, rgb.shape[0] / 2)
+        return crop_window(rgb, centre, self.window)
+
+
+MODEL_CLASS = LeukocyteModel

@@ -1,0 +1,55 @@
+"""Train a model of the registry on its data and write its weights and report into its assets folder."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from config import ROOT
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.training", description=__doc__)
+    parser.add_argument("model_id", help="a model with assets/<id>/model.json and core/models/<id>.py")
+    parser.add_argument("--data", type=Path, required=True, help="training data folder (the model's layout)")
+    parser.add_argument("--weights", default="none",
+                        help="backbone initialisation: imagenet (download), a local weights file, or none")
+    parser.add_argument("--backbone", default="mobilenet_v1_0.25")
+    parser.add_argument("--mode", choices=("tl", "ft"), default="ft",
+                        help="tl: train the new head only; ft: fine-tune all but the first block")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 tl, 3e-4 ft)")
+    parser.add_argument("--patience", type=int, default=8, help="early stopping: epochs without val-loss gain")
+    parser.add_argument("--folds", type=int, default=5, help="the test split is one of this many grouped folds")
+    parser.add_argument("--fold", type=int, default=0, help="which fold is the test split")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="groups kept for early stopping")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--assets", type=Path, default=ROOT / "assets", help="where model.json is read from")
+    parser.add_argument("--out", type=Path, default=None, help="where to write weights + model.json "
+                        "(default: the model's assets folder)")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "training")
+    parser.add_argument("--limit-groups", type=int, default=None,
+                        help="use at most this many groups per class, one file each (smoke runs)")
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="serve without 8-fold dihedral test-time augmentation")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from core.training.trainer import TrainSettings, train
+
+    settings = TrainSettings(
+        model_id=args.model_id, data=args.data, out=args.out or args.assets / args.model_id,
+        assets_dir=args.assets, backbone=args.backbone, weights=args.weights, mode=args.mode,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
+        folds=args.folds, fold=args.fold, val_fraction=args.val_fraction, seed=args.seed,
+        cache_dir=args.cache_dir, limit_groups=args.limit_groups, tta=args.tta,
+        command="python -m core.training " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    )
+    train(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Classification metrics of a held-out split, in the shape stored in model.json."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+
+def classification_report(y_true: np.ndarray, probabilities: np.ndarray, groups: np.ndarray,
+                          label_names: list[str]) -> dict[str, Any]:
+    """Per-file figures, plus per-group ones (mean probability over each group's files, e.g. one cell)."""
+    labels = list(range(len(label_names)))
+    y_pred = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    group_ids = sorted(set(groups))
+    group_true = np.array([y_true[groups == g][0] for g in group_ids])
+    group_pred = np.array([probabilities[groups == g].mean(axis=0).argmax() for g in group_ids])
+    return {
+        "files": int(len(y_true)),
+        "groups": int(len(group_ids)),
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "balanced_accuracy": round(float(balanced_accuracy_score(y_true, y_pred)), 4),
+        "per_class": {
+            name: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+                   "support": int(s)}
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
+        },
+        "confusion_matrix": {"labels": label_names, "rows_true_columns_predicted":
+                             confusion_matrix(y_true, y_pred, labels=labels).tolist()},
+        "group_accuracy": round(float(accuracy_score(group_true, group_pred)), 4),
+    }

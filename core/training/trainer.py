@@ -1,0 +1,143 @@
+"""One training run: data → grouped split → classifier → fit with early stopping → report → assets."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.assets import MODEL_JSON, read_spec, sha256_of, write_meta
+from core.registry import model_class
+from core.training.data import Arrays, dataset, load_arrays, three_way_split
+from core.training.report import classification_report
+from core.tta import dihedral_mean
+
+
+@dataclass
+class TrainSettings:
+    model_id: str
+    data: Path
+    out: Path
+    assets_dir: Path
+    backbone: str = "mobilenet_v1_0.25"
+    weights: str = "none"
+    mode: str = "ft"
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float | None = None
+    patience: int = 8
+    folds: int = 5
+    fold: int = 0
+    val_fraction: float = 0.2
+    seed: int = 0
+    cache_dir: Path = Path(".cache/training")
+    limit_groups: int | None = None
+    tta: bool = True  # serve with (and report) 8-fold dihedral test-time augmentation
+    command: str | None = None  # the command line, recorded in model.json
+
+
+def _class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    counts = np.bincount(y, minlength=n_classes)
+    return {k: float(len(y) / (n_classes * counts[k])) if counts[k] else 0.0 for k in range(n_classes)}
+
+
+def _limit(arrays: Arrays, per_class: int) -> Arrays:
+    """At most ``per_class`` groups per class (one file each): tiny runs for tests and smoke checks."""
+    keep, seen = [], {}
+    for index, (label, group) in enumerate(zip(arrays.y, arrays.groups)):
+        groups = seen.setdefault(label, set())
+        if group not in groups and len(groups) < per_class:
+            groups.add(group)
+            keep.append(index)
+    return arrays.subset(np.array(keep))
+
+
+def train(settings: TrainSettings) -> dict[str, Any]:
+    import keras
+
+    from core.training.backbones import build_classifier
+
+    keras.utils.set_random_seed(settings.seed)
+    spec = read_spec(settings.assets_dir / settings.model_id)
+    model = model_class(settings.model_id)(spec)
+    examples = model.training_examples(settings.data)
+    if not examples:
+        raise SystemExit(f"no training files for '{settings.model_id}' under {settings.data}")
+    arrays = load_arrays(model, examples, settings.cache_dir)
+    if settings.limit_groups:
+        arrays = _limit(arrays, settings.limit_groups)
+    split = three_way_split(arrays, settings.folds, settings.fold, settings.val_fraction, settings.seed)
+    parts = {name: arrays.subset(index) for name, index in split.items()}
+    for name, part in parts.items():
+        print(f"[split] {name}: {len(part.y)} files, {len(set(part.groups))} groups, "
+              f"per class {np.bincount(part.y, minlength=len(spec.labels)).tolist()}", flush=True)
+
+    n_classes = len(spec.labels)
+    network = build_classifier(settings.backbone, settings.weights, arrays.x.shape[1:], n_classes, settings.mode)
+    lr = settings.learning_rate or (1e-3 if settings.mode == "tl" else 3e-4)
+    network.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+    trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
+    print(f"[model] {settings.backbone} ({settings.weights}), mode {settings.mode}: "
+          f"{network.count_params():,} parameters, {trainable:,} trainable, lr {lr}", flush=True)
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(1, settings.patience // 2)),
+    ]
+    started = time.perf_counter()
+    history = network.fit(
+        dataset(parts["train"], settings.batch_size, augment=True, seed=settings.seed),
+        validation_data=dataset(parts["val"], settings.batch_size, augment=False, seed=settings.seed),
+        epochs=settings.epochs, class_weight=_class_weights(parts["train"].y, n_classes),
+        callbacks=callbacks, verbose=2,
+    )
+    minutes = (time.perf_counter() - started) / 60
+
+    test = parts["test"]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return network.predict(batch.astype(np.float32), batch_size=8 * settings.batch_size, verbose=0)
+
+    reports = {"plain": classification_report(test.y, predict(test.x), test.groups, spec.label_names)}
+    if settings.tta:
+        reports["tta"] = classification_report(test.y, dihedral_mean(predict, test.x), test.groups,
+                                               spec.label_names)
+    for name, report in reports.items():
+        print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['files']} files of "
+              f"{report['groups']} held-out groups; per-group accuracy {report['group_accuracy']:.4f}", flush=True)
+    return _write_assets(settings, spec.meta, network, reports, history.history, minutes)
+
+
+def _write_assets(settings: TrainSettings, meta: dict[str, Any], network, reports: dict[str, dict[str, Any]],
+                  history: dict[str, list[float]], minutes: float) -> dict[str, Any]:
+    settings.out.mkdir(parents=True, exist_ok=True)
+    weights_path = settings.out / meta["weights"]["file"]
+    network.save(weights_path)
+    meta = json.loads(json.dumps(meta))  # a copy
+    meta["weights"]["sha256"] = sha256_of(weights_path)
+    meta["weights"]["bytes"] = weights_path.stat().st_size
+    meta["metrics"] = {
+        "split": (f"held-out test split: fold {settings.fold} of {settings.folds}, stratified by class; "
+                  f"{meta.get('data', {}).get('split', 'grouped')}; never used for training or early stopping"),
+        "test": reports["tta" if settings.tta else "plain"],
+    }
+    if settings.tta:
+        meta["metrics"]["test_without_tta"] = reports["plain"]
+    meta["inference"] = {"tta": settings.tta}
+    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
+                if k not in {"out", "assets_dir", "cache_dir", "command"}}
+    recorded["data"] = Path(settings.data).name
+    meta["training"] = {
+        "command": settings.command,
+        "settings": recorded,
+        "epochs_run": len(history.get("loss", [])),
+        "best_val_loss": round(float(min(history.get("val_loss", [float("nan")]))), 4),
+        "minutes": round(minutes, 1),
+    }
+    write_meta(settings.out, meta)
+    if settings.out.resolve() != (settings.assets_dir / settings.model_id).resolve():
+        print(f"[assets] wrote {weights_path} and {settings.out / MODEL_JSON}", flush=True)
+    return meta

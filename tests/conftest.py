@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from app import create_app  # noqa: E402
+from config import ROOT, Config  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+LEUKOCYTE_DATA = SHARED / "data" / "leukocyte" / "train"
+MOBILENET_H5 = SHARED / "weights" / "mobilenet_v1_0.25_224" / "mobilenet_v1_0.25_224.h5"
+
+# Small limits so the limit tests need only small uploads.
+TEST_CONFIG = Config(max_upload_bytes=2_000_000, max_image_pixels=4_000_000)
+
+
+def make_app(config: Config = TEST_CONFIG):
+    app = create_app(config)
+    assert app.extensions["mmax_registry"].wait_until_loaded(timeout=300), "models did not load"
+    return app
+
+
+@pytest.fixture(scope="session")
+def app():
+    return make_app()
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+def needs(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared data not beside the checkout)")

@@ -1,0 +1,83 @@
+"""The shared training command, end to end on a tiny drawn data set, and its backbone loading."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from config import ROOT, Config
+from core.training.__main__ import main as train_main
+from tests.conftest import MOBILENET_H5, make_app, needs
+from tests.images import encode, smear
+
+CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+
+
+def tiny_dataset(root: Path, cells_per_class: int = 5, files_per_cell: int = 2) -> Path:
+    """The leukocyte layout (``<class>/_N_M.jpeg``) with drawn cells whose size depends on the class."""
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for cell in range(cells_per_class):
+            for copy in range(files_per_cell):
+                seed = 100 * label + 10 * cell + copy
+                image = smear(leukocytes=((160, 120, 22 + 6 * label),), platelets=(), seed=seed)
+                image.save(root / name / f"_{cell}_{copy}.jpeg", quality=95)
+    return root
+
+
+def test_training_command_writes_a_model_the_service_loads(tmp_path: Path):
+    data = tiny_dataset(tmp_path / "data")
+    out = tmp_path / "assets" / "leukocyte"
+    train_main(["leukocyte", "--data", str(data), "--weights", "none", "--epochs", "1", "--batch-size", "8",
+                "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    meta = json.loads((out / "model.json").read_text())
+    report = meta["metrics"]["test"]
+    assert report["files"] > 0 and 0.0 <= report["accuracy"] <= 1.0
+    assert len(report["confusion_matrix"]["rows_true_columns_predicted"]) == 4
+    assert set(report["per_class"]) == set(CLASSES)
+    assert meta["training"]["command"].startswith("python -m core.training leukocyte")
+    assert meta["training"]["settings"]["weights"] == "none" and meta["inference"]["tta"] is True
+
+    app = make_app(Config(assets_dir=tmp_path / "assets"))
+    response = app.test_client().post("/model/leukocyte/predict", data={"image": (io.BytesIO(encode(smear())), "a.png")},
+                                      content_type="multipart/form-data")
+    assert response.status_code == 200 and len(response.get_json()["predictions"]) == 1
+
+
+def test_unknown_backbone_and_missing_weights_file_are_clear_errors(tmp_path: Path):
+    from core.training.backbones import build_classifier
+
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_classifier("alexnet", "none", (64, 64, 3), 4, "tl")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_classifier("mobilenet_v1_0.25", str(tmp_path / "none.h5"), (64, 64, 3), 4, "tl")
+
+
+@pytest.mark.parametrize("mode", ["tl", "ft"])
+def test_modes_freeze_what_they_promise(mode):
+    from core.training.backbones import build_classifier
+
+    network = build_classifier("mobilenet_v1_0.25", "none", (64, 64, 3), 4, mode)
+    backbone = network.get_layer("mobilenet_0.25_64")
+    trainable = {layer.name for layer in backbone.layers if layer.trainable and layer.weights}
+    if mode == "tl":
+        assert not trainable
+    else:
+        assert "conv1" not in trainable and "conv_pw_1" not in trainable  # the first block stays frozen
+        assert {"conv_dw_2", "conv_pw_13"} <= trainable
+    assert network.get_layer("head").trainable
+
+
+@needs(MOBILENET_H5)
+def test_local_h5_backbone_weights_load_by_layer_name():
+    import h5py
+
+    from core.training.backbones import build_backbone
+
+    backbone = build_backbone("mobilenet_v1_0.25", str(MOBILENET_H5), (96, 96, 3))
+    with h5py.File(MOBILENET_H5) as handle:
+        stored = handle["model_weights/conv_pw_13/conv_pw_13/kernel:0"][()]
+    assert np.array_equal(backbone.get_layer("conv_pw_13").get_weights()[0], stored)

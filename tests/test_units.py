@@ -1,0 +1,68 @@
+"""Small pieces on their own: decoding, options, test-time augmentation, the split."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.errors import BadOption, ClientError, ImageTooLarge, UnsupportedImage
+from core.imageio import decode_image, to_rgb8
+from core.options import Option, parse_options
+from core.training.data import three_way_split, Arrays
+from core.tta import dihedral_mean, dihedral_views
+from tests.images import encode, smear
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = encode(Image.new("L", (3000, 3000)))
+    with pytest.raises(ImageTooLarge, match="9,000,000 pixels"):
+        decode_image(data, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("data, error", [(b"", ClientError), (b"GIF89a" + b"\0" * 10, UnsupportedImage),
+                                         (b"%PDF-1.4 hello", UnsupportedImage)])
+def test_undecodable_uploads(data, error):
+    with pytest.raises(error):
+        decode_image(data, max_pixels=10**6)
+
+
+def test_sixteen_bit_grey_is_stretched_to_eight_bit_rgb():
+    array = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 15)
+    rgb = to_rgb8(Image.fromarray(array))
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8 and rgb.max() == 255
+
+
+def test_options_parse_defaults_types_and_unknowns():
+    declared = (Option("scale", float, 1.0, "s", minimum=0.1, maximum=4.0),
+                Option("format", str, "json", "f", choices=("json", "png")), Option("draw", bool, False, "d"))
+    assert parse_options(declared, {}, set()) == {"scale": 1.0, "format": "json", "draw": False}
+    assert parse_options(declared, {"scale": " 2 ", "draw": "yes"}, set())["scale"] == 2.0
+    for given in ({"scale": "0"}, {"format": "PNGX"}, {"draw": "maybe"}, {"other": "1"}):
+        with pytest.raises(BadOption):
+            parse_options(declared, given, set())
+    assert parse_options(declared, {"image": "x"}, {"image"})["format"] == "json"
+
+
+def test_dihedral_views_are_the_eight_distinct_symmetries():
+    batch = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
+    views = dihedral_views(batch)
+    assert len({v.tobytes() for v in views}) == 8
+
+
+def test_dihedral_mean_of_an_orientation_blind_function_is_unchanged():
+    batch = np.random.default_rng(0).random((5, 8, 8, 3))
+    total = lambda x: x.sum(axis=(1, 2))  # noqa: E731 - invariant under rotation and flips
+    assert np.allclose(dihedral_mean(total, batch), total(batch))
+
+
+def test_split_never_puts_one_group_in_two_parts():
+    rng = np.random.default_rng(0)
+    groups = np.array([f"{label}/{cell}" for label in range(4) for cell in range(12) for _ in range(3)])
+    y = np.array([int(g.split("/")[0]) for g in groups])
+    arrays = Arrays(rng.random((len(y), 2, 2, 3)), y, groups)
+    split = three_way_split(arrays, folds=5, fold=0, val_fraction=0.2, seed=0)
+    parts = [set(groups[index]) for index in split.values()]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sum(len(index) for index in split.values()) == len(y)
+    for index in split.values():
+        assert set(y[index]) == {0, 1, 2, 3}  # stratified: every class in every part
