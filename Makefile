@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test train-leukocyte bench clean
+.PHONY: run dev test train-leukocyte train-chromosome chromosome-study clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
 
 train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data
-	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --lr 1e-4 --epochs 40
+	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --epochs 40 --cross-validate
+
+train-chromosome: $(BIN)/activate  ## reproduce assets/chromosome (leave-one-spread-out cross-validation)
+	$(BIN)/python -m core.training chromosome --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS) --mode ft --epochs 25 --patience 6 --folds 6 --cross-validate
+
+chromosome-study: $(BIN)/activate  ## the crop-classifier comparison table (bench/chromosome_study.md)
+	$(BIN)/python -m bench.chromosome_study --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

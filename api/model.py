@@ -92,7 +92,7 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
         @ns.response(415, "not a supported image, or undecodable", schemas.error)
         @ns.response(503, "model still loading", schemas.error)
         def post(self, model_id: str):
-            """Run a model on an uploaded image (multipart field ``image``; options as form or query fields)."""
+            """Run a model on an uploaded image (multipart field 'image'; options as form or query fields)."""
             model = registry.get(model_id)
             given = {key: request.values[key] for key in request.values}
             options = parse_options(model.declared_options(), given, ignore=set(request.files))

@@ -15,8 +15,10 @@ def colour_for(label_index: int) -> tuple[int, int, int]:
     return PALETTE[label_index % len(PALETTE)]
 
 
-def draw_boxes(rgb: np.ndarray, predictions: Sequence[dict[str, Any]], label_names: Sequence[str]) -> Image.Image:
-    """Each prediction's ``bbox`` outlined in its label's colour, with label and probability above it."""
+def draw_boxes(rgb: np.ndarray, predictions: Sequence[dict[str, Any]], label_names: Sequence[str],
+               captions: bool = True) -> Image.Image:
+    """Each prediction's ``bbox`` outlined in its label's colour, with label and probability above it
+    (``captions=False`` for crowded images: boxes only, see :func:`draw_banner`)."""
     image = Image.fromarray(rgb).convert("RGB")
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
@@ -25,9 +27,31 @@ def draw_boxes(rgb: np.ndarray, predictions: Sequence[dict[str, Any]], label_nam
         x, y, w, h = prediction["bbox"]
         colour = colour_for(label_names.index(prediction["label"]))
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=width)
+        if not captions:
+            continue
         text = f"{prediction['label']} {prediction['probability']:.2f}"
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         ty = y - (bottom - top) - 2 if y - (bottom - top) - 2 >= 0 else y + h + 1
         draw.rectangle([x, ty, x + (right - left) + 4, ty + (bottom - top) + 2], fill=colour)
         draw.text((x + 2, ty - (top - y)), text, fill=(0, 0, 0) if sum(colour) > 350 else (255, 255, 255), font=font)
     return image
+
+
+def draw_banner(image: Image.Image, text: str, label_names: Sequence[str]) -> Image.Image:
+    """A strip above the image with a summary and a colour key of the labels."""
+    font = ImageFont.load_default(size=max(14, round(image.width / 50)))
+    height = round(font.size * 1.8)
+    out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
+    out.paste(image, (0, height))
+    draw = ImageDraw.Draw(out)
+    x = font.size // 2
+    draw.text((x, height // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+    x = image.width - font.size // 2
+    for index in reversed(range(len(label_names))):
+        x -= draw.textlength(label_names[index], font=font)
+        draw.text((x, height // 2), label_names[index], fill=(0, 0, 0), font=font, anchor="lm")
+        x -= font.size + 6
+        draw.rectangle([x, height // 2 - font.size // 2, x + font.size, height // 2 + font.size // 2],
+                       fill=colour_for(index))
+        x -= font.size
+    return out

@@ -14,6 +14,8 @@ SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
 
 def decode_image(data: bytes, max_pixels: int, field: str = "image") -> Image.Image:
     """Decode an upload into a PIL image, refusing empty, unknown, truncated or oversized files."""
+    # Pillow's own guard (warning at its limit, error at twice it) must not undercut the configured one.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     if not data:
         raise ClientError(f"the '{field}' upload is empty (0 bytes)")
     try:
@@ -48,7 +50,10 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
         # Composite on white so transparent areas look like empty slide, not black.
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    try:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except ValueError as exc:  # modes Pillow cannot turn into RGB (e.g. LAB, multi-band TIFF)
+        raise UnsupportedImage(f"images of mode {image.mode} are not supported: {exc}") from None
 
 
 def encode_png(array_or_image: np.ndarray | Image.Image) -> bytes:

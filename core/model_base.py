@@ -9,7 +9,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -112,9 +112,22 @@ class MicroscopyModel(ABC):
         return draw_boxes(to_rgb8(inputs), result["predictions"], self.spec.label_names)
 
     # ---- training hooks (used by ``python -m core.training``) -------------------------------------
+    def training_data(self, data_dir: Path) -> Iterator[tuple[np.ndarray, int, str]]:
+        """(network input, label index, group) for every training example; by default one per file.
+
+        A model whose files hold many examples (objects in a field) overrides this instead.
+        """
+        for example in self.training_examples(data_dir):
+            with Image.open(example.path) as image:
+                yield self.training_input(image), example.label, example.group
+
     def training_examples(self, data_dir: Path) -> list[Example]:
         raise NotImplementedError(f"model '{self.spec.id}' cannot be trained with the shared command")
 
     def training_input(self, image: Image.Image) -> np.ndarray:
         """One training file turned into the network's input, exactly as predict would see it."""
         raise NotImplementedError
+
+    def evaluate_detection(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
+        """Object-level figures on the held-out groups, with the trained network in ``self.network``."""
+        return None

@@ -35,3 +35,24 @@ def smear(size=(320, 240), leukocytes=((160, 120, 30),), platelets=((40, 40),), 
 
 def blank(size=(320, 240)) -> Image.Image:
     return Image.new("RGB", size, PALE)
+
+
+def spread(size=(640, 480), rods=(), nucleus=(480, 330, 70), seed: int = 0) -> Image.Image:
+    """A metaphase-like field: grey background, dark rods (x, y, length, angle°) and a paler textured nucleus."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, (150, 148, 160))
+    draw = ImageDraw.Draw(image)
+    if nucleus:
+        x, y, r = nucleus
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(112, 100, 135))
+        for _ in range(60):
+            dx, dy = rng.integers(-r // 2, r // 2, size=2)
+            draw.ellipse([x + dx - 2, y + dy - 2, x + dx + 2, y + dy + 2], fill=(95, 85, 120))
+    for x, y, length, angle in rods:
+        dx, dy = np.cos(np.radians(angle)) * length / 2, np.sin(np.radians(angle)) * length / 2
+        draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=(55, 40, 80), width=7)
+    return image
+
+
+RODS = ((80, 80, 34, 20), (200, 90, 40, 100), (320, 70, 30, 45), (90, 220, 38, 160), (220, 230, 32, 70),
+        (330, 200, 36, 0), (120, 380, 30, 120), (260, 380, 40, 30))

@@ -103,7 +103,9 @@ def test_jpeg_and_tiff_uploads(client):
 def test_health_live_and_ready(client):
     assert client.get("/health/live").get_json() == {"status": "ok"}
     ready = client.get("/health/ready")
-    assert ready.status_code == 200 and ready.get_json()["models"] == {"leukocyte": "ready"}
+    served = [model["id"] for model in client.get("/model/metadata").get_json()["models"]]
+    assert ready.status_code == 200 and ready.get_json()["models"] == {model: "ready" for model in served}
+    assert {"leukocyte", "chromosome"} <= set(served)
 
 
 def test_metrics_count_requests_per_model(client):

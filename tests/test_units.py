@@ -66,3 +66,18 @@ def test_split_never_puts_one_group_in_two_parts():
     assert sum(len(index) for index in split.values()) == len(y)
     for index in split.values():
         assert set(y[index]) == {0, 1, 2, 3}  # stratified: every class in every part
+
+
+def test_augmentation_keeps_stain_colour():
+    """Saturation and hue jitter must stay mild: the classes differ by stain colour (Keras 3 factor semantics)."""
+    from core.training.data import augmenter
+    from tests.images import smear as draw
+
+    batch = np.stack([np.asarray(draw(size=(96, 96), leukocytes=((48, 48, 20),), platelets=(), seed=s))
+                      for s in range(8)]).astype(np.float32)
+
+    def saturation(images):
+        return float((images.max(axis=-1) - images.min(axis=-1)).mean())
+
+    augmented = np.clip(np.asarray(augmenter(seed=0)(batch, training=True)), 0, 255)
+    assert saturation(augmented) > 0.6 * saturation(batch)

@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from config import ROOT
+
+
+def _key_value(item: str) -> tuple[str, Any]:
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,12 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "training")
     parser.add_argument("--limit-groups", type=int, default=None,
                         help="use at most this many groups per class, one file each (smoke runs)")
+    parser.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of model.json's input spec for this run (JSON value), e.g. "
+                             "--input network_size=32; the written model.json keeps it")
     parser.add_argument("--no-tta", dest="tta", action="store_false",
                         help="serve without 8-fold dihedral test-time augmentation")
+    parser.add_argument("--cross-validate", action="store_true",
+                        help="also train on every other fold and record accuracy mean ± std over the folds")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from core.training.trainer import TrainSettings, train
+    from core.training.trainer import TrainSettings, cross_validate, train
 
     settings = TrainSettings(
         model_id=args.model_id, data=args.data, out=args.out or args.assets / args.model_id,
@@ -46,9 +61,10 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
         folds=args.folds, fold=args.fold, val_fraction=args.val_fraction, seed=args.seed,
         cache_dir=args.cache_dir, limit_groups=args.limit_groups, tta=args.tta,
+        input_overrides=dict(_key_value(item) for item in args.input),
         command="python -m core.training " + shlex.join(argv if argv is not None else sys.argv[1:]),
     )
-    train(settings)
+    (cross_validate if args.cross_validate else train)(settings)
 
 
 if __name__ == "__main__":

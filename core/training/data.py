@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.model_base import Example, MicroscopyModel
+from core.model_base import MicroscopyModel
 
 
 @dataclass
@@ -24,22 +23,32 @@ class Arrays:
         return Arrays(self.x[index], self.y[index], self.groups[index])
 
 
-def load_arrays(model: MicroscopyModel, examples: list[Example], cache_dir: Path) -> Arrays:
-    """Every example through ``model.training_input``, cached under a key of the files and input spec."""
-    key_source = json.dumps([model.spec.input, [(str(e.path), e.label, e.group) for e in examples]])
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    cache = cache_dir / f"{model.spec.id}-{key}.npz"
+def _data_fingerprint(model: MicroscopyModel, data_dir: Path) -> str:
+    """Changes when the input spec or any file under data_dir (name, size, time) changes."""
+    files = sorted((str(p.relative_to(data_dir)), p.stat().st_size, int(p.stat().st_mtime))
+                   for p in data_dir.rglob("*") if p.is_file())
+    source = json.dumps([model.spec.id, model.spec.input, str(data_dir.resolve()), files])
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def load_arrays(model: MicroscopyModel, data_dir: Path, cache_dir: Path) -> Arrays:
+    """Every example of ``model.training_data`` as arrays, cached until the data or input spec change."""
+    cache = cache_dir / f"{model.spec.id}-{_data_fingerprint(model, data_dir)}.npz"
     if cache.is_file():
         with np.load(cache) as saved:
-            print(f"[data] {len(examples)} examples from cache {cache}", flush=True)
+            print(f"[data] {len(saved['y'])} examples from cache {cache}", flush=True)
             return Arrays(saved["x"], saved["y"], saved["groups"])
-    started, inputs = time.perf_counter(), []
-    for done, example in enumerate(examples, 1):
-        with Image.open(example.path) as image:
-            inputs.append(model.training_input(image))
-        if done % max(1, len(examples) // 10) == 0 or done == len(examples):
-            print(f"[data] prepared {done}/{len(examples)} ({time.perf_counter() - started:.0f} s)", flush=True)
-    arrays = Arrays(np.stack(inputs), np.array([e.label for e in examples]), np.array([e.group for e in examples]))
+    started, inputs, labels, groups = time.perf_counter(), [], [], []
+    for x, label, group in model.training_data(data_dir):
+        inputs.append(x)
+        labels.append(label)
+        groups.append(group)
+        if len(inputs) % 250 == 0:
+            print(f"[data] prepared {len(inputs)} examples ({time.perf_counter() - started:.0f} s)", flush=True)
+    if not inputs:
+        raise SystemExit(f"no training examples for '{model.spec.id}' under {data_dir}")
+    print(f"[data] prepared {len(inputs)} examples ({time.perf_counter() - started:.0f} s)", flush=True)
+    arrays = Arrays(np.stack(inputs), np.array(labels), np.array(groups))
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, x=arrays.x, y=arrays.y, groups=arrays.groups)
     return arrays
@@ -75,9 +84,10 @@ def augmenter(seed: int):
         keras.layers.RandomRotation(0.5, fill_mode="constant", seed=seed),
         keras.layers.RandomZoom(0.25, seed=seed),
         keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
-        keras.layers.RandomContrast(0.15, seed=seed),
-        keras.layers.RandomSaturation(0.15, value_range=(0, 255), seed=seed),
-        keras.layers.RandomHue(0.04, value_range=(0, 255), seed=seed),
+        keras.layers.RandomContrast(0.1, seed=seed),
+        # Keras 3: saturation factor 0.5 is "no change" (0 = grey); hue factor 0 is "no change".
+        keras.layers.RandomSaturation((0.4, 0.6), value_range=(0, 255), seed=seed),
+        keras.layers.RandomHue(0.02, value_range=(0, 255), seed=seed),
     ], name="augment")
 
 

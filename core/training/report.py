@@ -9,14 +9,13 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 def classification_report(y_true: np.ndarray, probabilities: np.ndarray, groups: np.ndarray,
                           label_names: list[str]) -> dict[str, Any]:
-    """Per-file figures, plus per-group ones (mean probability over each group's files, e.g. one cell)."""
+    """Per-file figures, plus per-group ones (mean probability over each group's files, e.g. one cell)
+    where every group holds one label; a group of mixed labels (a spread, a slide) has no single answer."""
     labels = list(range(len(label_names)))
     y_pred = probabilities.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     group_ids = sorted(set(groups))
-    group_true = np.array([y_true[groups == g][0] for g in group_ids])
-    group_pred = np.array([probabilities[groups == g].mean(axis=0).argmax() for g in group_ids])
-    return {
+    report = {
         "files": int(len(y_true)),
         "groups": int(len(group_ids)),
         "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
@@ -28,5 +27,9 @@ def classification_report(y_true: np.ndarray, probabilities: np.ndarray, groups:
         },
         "confusion_matrix": {"labels": label_names, "rows_true_columns_predicted":
                              confusion_matrix(y_true, y_pred, labels=labels).tolist()},
-        "group_accuracy": round(float(accuracy_score(group_true, group_pred)), 4),
     }
+    if all(len(set(y_true[groups == g])) == 1 for g in group_ids):
+        group_true = np.array([y_true[groups == g][0] for g in group_ids])
+        group_pred = np.array([probabilities[groups == g].mean(axis=0).argmax() for g in group_ids])
+        report["group_accuracy"] = round(float(accuracy_score(group_true, group_pred)), 4)
+    return report

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ class TrainSettings:
     seed: int = 0
     cache_dir: Path = Path(".cache/training")
     limit_groups: int | None = None
+    input_overrides: dict[str, Any] | None = None  # model.json "input" fields changed for this run
     tta: bool = True  # serve with (and report) 8-fold dihedral test-time augmentation
     command: str | None = None  # the command line, recorded in model.json
 
@@ -62,11 +64,10 @@ def train(settings: TrainSettings) -> dict[str, Any]:
 
     keras.utils.set_random_seed(settings.seed)
     spec = read_spec(settings.assets_dir / settings.model_id)
+    spec.meta["input"].update(settings.input_overrides or {})
+    spec.meta["inference"] = {"tta": settings.tta}
     model = model_class(settings.model_id)(spec)
-    examples = model.training_examples(settings.data)
-    if not examples:
-        raise SystemExit(f"no training files for '{settings.model_id}' under {settings.data}")
-    arrays = load_arrays(model, examples, settings.cache_dir)
+    arrays = load_arrays(model, settings.data, settings.cache_dir)
     if settings.limit_groups:
         arrays = _limit(arrays, settings.limit_groups)
     split = three_way_split(arrays, settings.folds, settings.fold, settings.val_fraction, settings.seed)
@@ -105,9 +106,18 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     if settings.tta:
         reports["tta"] = classification_report(test.y, dihedral_mean(predict, test.x), test.groups,
                                                spec.label_names)
+    model.network = network  # the serving code path, on the held-out groups' whole images
+    detection = model.evaluate_detection(settings.data, set(test.groups))
+    if detection is not None:
+        reports["detection"] = detection
+        print(f"[test] detection: {json.dumps({k: v for k, v in detection.items() if k != 'per_group'})}",
+              flush=True)
     for name, report in reports.items():
+        if name == "detection":
+            continue
+        per_group = f"; per-group accuracy {report['group_accuracy']:.4f}" if "group_accuracy" in report else ""
         print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['files']} files of "
-              f"{report['groups']} held-out groups; per-group accuracy {report['group_accuracy']:.4f}", flush=True)
+              f"{report['groups']} held-out groups{per_group}", flush=True)
     return _write_assets(settings, spec.meta, network, reports, history.history, minutes)
 
 
@@ -126,7 +136,8 @@ def _write_assets(settings: TrainSettings, meta: dict[str, Any], network, report
     }
     if settings.tta:
         meta["metrics"]["test_without_tta"] = reports["plain"]
-    meta["inference"] = {"tta": settings.tta}
+    if "detection" in reports:
+        meta["metrics"]["detection"] = reports["detection"]
     recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
                 if k not in {"out", "assets_dir", "cache_dir", "command"}}
     recorded["data"] = Path(settings.data).name
@@ -141,3 +152,49 @@ def _write_assets(settings: TrainSettings, meta: dict[str, Any], network, report
     if settings.out.resolve() != (settings.assets_dir / settings.model_id).resolve():
         print(f"[assets] wrote {weights_path} and {settings.out / MODEL_JSON}", flush=True)
     return meta
+
+
+def cross_validate(settings: TrainSettings) -> dict[str, Any]:
+    """Train on every grouped fold in turn; ship fold ``settings.fold``'s model with the folds' mean ± std."""
+    shipped = train(settings)
+    reports = [shipped["metrics"]["test"]]
+    detections = [shipped["metrics"].get("detection")]
+    with tempfile.TemporaryDirectory() as scratch:
+        for fold in range(settings.folds):
+            if fold != settings.fold:
+                print(f"[cv] fold {fold} of {settings.folds}", flush=True)
+                other = train(replace(settings, fold=fold, out=Path(scratch) / str(fold), command=None))
+                reports.append(other["metrics"]["test"])
+                detections.append(other["metrics"].get("detection"))
+    summary = {"folds": settings.folds, "split": "each fold's held-out cells/groups in turn"}
+    for key in ("accuracy", "balanced_accuracy", "group_accuracy"):
+        if not all(key in report for report in reports):
+            continue
+        values = np.array([report[key] for report in reports])
+        summary[key] = {"mean": round(float(values.mean()), 4), "std": round(float(values.std(ddof=1)), 4),
+                        "per_fold": [float(v) for v in values]}
+    if all(detections):
+        summary["detection"] = _pool_detection(detections)
+    shipped["metrics"]["cross_validation"] = summary
+    write_meta(settings.out, shipped)
+    print(f"[cv] accuracy {summary['accuracy']['mean']:.4f} ± {summary['accuracy']['std']:.4f} over "
+          f"{settings.folds} folds", flush=True)
+    return shipped
+
+
+def _pool_detection(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Object counts summed over the folds' held-out groups, F1 of the sums, count errors per group, and
+    every other whole-number field of the per-group records summed (``totals``)."""
+    tp, fp, fn = (sum(fold[key] for fold in folds) for key in ("tp", "fp", "fn"))
+    precision, recall = tp / max(1, tp + fp), tp / max(1, tp + fn)
+    groups = {name: group for fold in folds for name, group in fold["per_group"].items()}
+    pooled = {"tp": tp, "fp": fp, "fn": fn, "precision": round(precision, 4), "recall": round(recall, 4),
+              "f1": round(2 * precision * recall / max(1e-9, precision + recall), 4)}
+    errors = [group["count_error"] for group in groups.values() if "count_error" in group]
+    if errors:
+        pooled["count_error_mean"] = round(float(np.mean(errors)), 4)
+        pooled["count_error_max"] = round(float(np.max(errors)), 4)
+    pooled["totals"] = {key: sum(group[key] for group in groups.values())
+                        for key, value in next(iter(groups.values())).items() if isinstance(value, int)}
+    pooled["per_group"] = groups
+    return pooled
