@@ -91,3 +91,19 @@ def test_held_out_spread_is_counted_within_tolerance(app):
     assert result["f1"] >= 0.85, result
     for group in result["per_group"].values():
         assert group["count_error"] <= 0.15, result
+
+
+def test_separated_sister_chromatids_pair_but_crossing_neighbours_do_not():
+    def draw(rods):
+        image = spread(rods=RODS, nucleus=None)
+        draw = ImageDraw.Draw(image)
+        for (x0, y0), (x1, y1) in rods:
+            draw.line([(x0, y0), (x1, y1)], fill=(55, 40, 80), width=6)
+        return segment_spread(np.asarray(image).mean(axis=2), PARAMS)
+
+    # Two parallel rods of one length, 6 px apart: sister chromatids of one chromosome.
+    sisters = draw([((480, 60), (480, 100)), ((492, 60), (492, 100))])
+    assert sisters.labels[80, 480] == sisters.labels[80, 492] != 0
+    # The same rods at right angles, as close: two chromosomes.
+    crossing = draw([((480, 60), (480, 100)), ((492, 110), (532, 110))])
+    assert crossing.labels[80, 480] != crossing.labels[110, 512]

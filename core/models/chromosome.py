@@ -1,8 +1,9 @@
 """Chromosome counting: metaphase spread → every dark object, classified chromosome or not, and a count.
 
 Segmentation (scikit-image): a local (adaptive) threshold of the smoothed grey image, closing and hole
-filling, a size filter, and a watershed from dark cores that splits only oversized components (touching
-chromosomes). Each object becomes a crop (its binary mask, or the colour image around it) at a fixed
+filling, a size filter, a watershed from dark cores that splits only oversized components (touching
+chromosomes), and the pairing of separated sister chromatids (two close, parallel objects of similar
+size are one chromosome). Each object becomes a crop (its binary mask, or the colour image around it) at a fixed
 pixel scale, so object size is kept, and a small CNN says chromosome or non-chromosome (interphase-nucleus
 fragments, debris, stain).
 """
@@ -41,14 +42,17 @@ def segment_spread(grey: np.ndarray, params: dict[str, Any]) -> Segmentation:
     labels = measure.label(mask)
     objects = measure.regionprops(labels)
     if objects:
-        labels = _split_clusters(labels, objects, smooth, params)
+        labels, split_parts = _split_clusters(labels, objects, smooth, params)
+        labels = _pair_sister_chromatids(labels, measure.regionprops(labels), split_parts, params)
     return Segmentation(labels, measure.regionprops(labels))
 
 
-def _split_clusters(labels: np.ndarray, objects, smooth: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    """Watershed from dark cores (h-maxima of darkness) inside components far above the median size."""
+def _split_clusters(labels: np.ndarray, objects, smooth: np.ndarray,
+                    params: dict[str, Any]) -> tuple[np.ndarray, set[int]]:
+    """Watershed from dark cores (h-maxima of darkness) inside components far above the median size;
+    also returns the labels of the parts made, which pairing must not join again."""
     typical = float(np.median([o.area for o in objects]))
-    out = labels.copy()
+    out, parts_made = labels.copy(), set()
     next_label = labels.max() + 1
     for obj in objects:
         if obj.area <= params["split_area_factor"] * typical:
@@ -60,9 +64,43 @@ def _split_clusters(labels: np.ndarray, objects, smooth: np.ndarray, params: dic
             continue
         parts = segmentation.watershed(-darkness, markers, mask=obj.image)
         region = out[obj.slice]
+        parts_made.add(obj.label)
         for part in range(2, parts.max() + 1):  # part 1 keeps the original label
             region[parts == part] = next_label
+            parts_made.add(next_label)
             next_label += 1
+    return out, parts_made
+
+
+def _pair_sister_chromatids(labels: np.ndarray, objects, exempt: set[int], params: dict[str, Any]) -> np.ndarray:
+    """Join two objects within ``pair_gap_px`` of each other whose areas differ by at most the ratio and whose
+    axes are within ``pair_angle_deg``: chromatids that have come apart. Most parallel pairs join first."""
+    gap = params["pair_gap_px"]
+    if not gap:
+        return labels
+    by_label = {obj.label: obj for obj in objects}
+    candidates = []
+    for obj in objects:
+        if obj.label in exempt:
+            continue
+        top, left, bottom, right = obj.bbox
+        window = (slice(max(0, top - gap), bottom + gap), slice(max(0, left - gap), right + gap))
+        near = ndi.binary_dilation(labels[window] == obj.label, morphology.disk(gap))
+        for other_label in np.unique(labels[window][near]):
+            if other_label <= obj.label or other_label in exempt:
+                continue
+            other = by_label[other_label]
+            if min(obj.area, other.area) / max(obj.area, other.area) < params["pair_area_ratio"]:
+                continue
+            angle = abs(np.degrees(obj.orientation - other.orientation)) % 180
+            angle = min(angle, 180 - angle)
+            if angle <= params["pair_angle_deg"]:
+                candidates.append((angle, obj.label, other_label))
+    out, paired = labels.copy(), set()
+    for _, first, second in sorted(candidates):
+        if first not in paired and second not in paired:
+            paired |= {first, second}
+            out[out == second] = first
     return out
 
 
