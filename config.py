@@ -15,6 +15,14 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"MMAX_{name}", default)
 
 
+def _env_int(name: str, default: int) -> int:
+    value = _env(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"setting MMAX_{name} must be a whole number, not '{value}'") from None
+
+
 def _env_bool(name: str, default: bool) -> bool:
     value = _env(name, "1" if default else "0").strip().lower()
     return value in {"1", "true", "yes", "on"}
@@ -41,14 +49,14 @@ class Config:
         models = _env("MODELS", "all").strip()
         return cls(
             host=_env("HOST", "0.0.0.0"),
-            port=int(_env("PORT", "5000")),
-            workers=int(_env("WORKERS", "1")),
-            threads=int(_env("THREADS", "4")),
-            timeout_s=int(_env("TIMEOUT", "120")),
+            port=_env_int("PORT", 5000),
+            workers=_env_int("WORKERS", 1),
+            threads=_env_int("THREADS", 4),
+            timeout_s=_env_int("TIMEOUT", 120),
             assets_dir=Path(_env("ASSETS_DIR", str(ROOT / "assets"))),
             models=None if models in {"", "all"} else tuple(m.strip() for m in models.split(",") if m.strip()),
-            max_upload_bytes=int(_env("MAX_UPLOAD_BYTES", str(64 * 1024 * 1024))),
-            max_image_pixels=int(_env("MAX_IMAGE_PIXELS", "64000000")),
+            max_upload_bytes=_env_int("MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
+            max_image_pixels=_env_int("MAX_IMAGE_PIXELS", 64_000_000),
             cors=_env_bool("CORS", False),
             api_key=_env("API_KEY", "") or None,
             log_level=_env("LOG_LEVEL", "INFO"),

@@ -81,3 +81,15 @@ def test_local_h5_backbone_weights_load_by_layer_name():
     with h5py.File(MOBILENET_H5) as handle:
         stored = handle["model_weights/conv_pw_13/conv_pw_13/kernel:0"][()]
     assert np.array_equal(backbone.get_layer("conv_pw_13").get_weights()[0], stored)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1_0.5", "mobilenet_v2", "efficientnet_b0", "vgg16", "resnet50"])
+def test_every_listed_backbone_builds_and_freezes_its_first_block(name):
+    from core.training.backbones import BACKBONES, build_classifier
+
+    network = build_classifier(name, "none", (64, 64, 3), 2, "ft")
+    backbone = next(layer for layer in network.layers if hasattr(layer, "layers"))
+    first = backbone.get_layer(BACKBONES[name].first_block_end)
+    later = backbone.layers[backbone.layers.index(first) + 1:]
+    assert not first.trainable and any(layer.trainable and layer.weights for layer in later)
+    assert network.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0).shape == (1, 2)

@@ -81,3 +81,11 @@ def test_augmentation_keeps_stain_colour():
 
     augmented = np.clip(np.asarray(augmenter(seed=0)(batch, training=True)), 0, 255)
     assert saturation(augmented) > 0.6 * saturation(batch)
+
+
+def test_malformed_setting_names_the_variable(monkeypatch):
+    from config import Config
+
+    monkeypatch.setenv("MMAX_WORKERS", "two")
+    with pytest.raises(SystemExit, match="MMAX_WORKERS must be a whole number"):
+        Config.from_env()
