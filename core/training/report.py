@@ -9,14 +9,14 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 def classification_report(y_true: np.ndarray, probabilities: np.ndarray, groups: np.ndarray,
                           label_names: list[str]) -> dict[str, Any]:
-    """Per-file figures, plus per-group ones (mean probability over each group's files, e.g. one cell)
+    """Per-example figures, plus per-group ones (mean probability over each group's examples, e.g. one cell)
     where every group holds one label; a group of mixed labels (a spread, a slide) has no single answer."""
     labels = list(range(len(label_names)))
     y_pred = probabilities.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     group_ids = sorted(set(groups))
     report = {
-        "files": int(len(y_true)),
+        "examples": int(len(y_true)),
         "groups": int(len(group_ids)),
         "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
         "balanced_accuracy": round(float(balanced_accuracy_score(y_true, y_pred)), 4),

@@ -73,7 +73,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     split = three_way_split(arrays, settings.folds, settings.fold, settings.val_fraction, settings.seed)
     parts = {name: arrays.subset(index) for name, index in split.items()}
     for name, part in parts.items():
-        print(f"[split] {name}: {len(part.y)} files, {len(set(part.groups))} groups, "
+        print(f"[split] {name}: {len(part.y)} examples, {len(set(part.groups))} groups, "
               f"per class {np.bincount(part.y, minlength=len(spec.labels)).tolist()}", flush=True)
 
     n_classes = len(spec.labels)
@@ -97,28 +97,31 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     )
     minutes = (time.perf_counter() - started) / 60
 
-    test = parts["test"]
+    reports = _evaluate(model, network, parts["test"], settings)
+    return _write_assets(settings, spec.meta, network, reports, history.history, minutes)
+
+
+def _evaluate(model, network, test: Arrays, settings: TrainSettings) -> dict[str, dict[str, Any]]:
+    """Reports on the held-out split: per example (plain and with TTA), and per object where the model locates."""
+    names = model.spec.label_names
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return network.predict(batch.astype(np.float32), batch_size=8 * settings.batch_size, verbose=0)
 
-    reports = {"plain": classification_report(test.y, predict(test.x), test.groups, spec.label_names)}
+    reports = {"plain": classification_report(test.y, predict(test.x), test.groups, names)}
     if settings.tta:
-        reports["tta"] = classification_report(test.y, dihedral_mean(predict, test.x), test.groups,
-                                               spec.label_names)
+        reports["tta"] = classification_report(test.y, dihedral_mean(predict, test.x), test.groups, names)
+    for name, report in reports.items():
+        per_group = f"; per-group accuracy {report['group_accuracy']:.4f}" if "group_accuracy" in report else ""
+        print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['examples']} examples of "
+              f"{report['groups']} held-out groups{per_group}", flush=True)
     model.network = network  # the serving code path, on the held-out groups' whole images
     detection = model.evaluate_detection(settings.data, set(test.groups))
     if detection is not None:
         reports["detection"] = detection
         print(f"[test] detection: {json.dumps({k: v for k, v in detection.items() if k != 'per_group'})}",
               flush=True)
-    for name, report in reports.items():
-        if name == "detection":
-            continue
-        per_group = f"; per-group accuracy {report['group_accuracy']:.4f}" if "group_accuracy" in report else ""
-        print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['files']} files of "
-              f"{report['groups']} held-out groups{per_group}", flush=True)
-    return _write_assets(settings, spec.meta, network, reports, history.history, minutes)
+    return reports
 
 
 def _write_assets(settings: TrainSettings, meta: dict[str, Any], network, reports: dict[str, dict[str, Any]],
