@@ -15,8 +15,13 @@ def create_app(config: Config | None = None) -> Flask:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    from PIL import Image
+
     from api import build_api
     from core.registry import ModelRegistry
+
+    # Pillow's own bomb guard (error at twice its limit) must not undercut the configured pixel limit.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, config.max_image_pixels)
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes, MMAX=config, ERROR_404_HELP=False,

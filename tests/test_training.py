@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config import ROOT, Config
+from config import Config
 from core.training.__main__ import main as train_main
 from tests.conftest import MOBILENET_H5, make_app, needs
 from tests.images import encode, smear

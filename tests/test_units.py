@@ -10,7 +10,7 @@ from core.imageio import decode_image, to_rgb8
 from core.options import Option, parse_options
 from core.training.data import three_way_split, Arrays
 from core.tta import dihedral_mean, dihedral_views
-from tests.images import encode, smear
+from tests.images import encode
 
 
 def test_pixel_limit_is_checked_before_decoding():
