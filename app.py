@@ -18,6 +18,7 @@ def create_app(config: Config | None = None) -> Flask:
     from PIL import Image
 
     from api import build_api
+    from core.jobs import JobRunner, JobStore
     from core.registry import ModelRegistry
 
     # Pillow's own bomb guard (error at twice its limit) must not undercut the configured pixel limit.
@@ -28,12 +29,15 @@ def create_app(config: Config | None = None) -> Flask:
                       RESTX_MASK_SWAGGER=False, SWAGGER_UI_DOC_EXPANSION="list")
     registry = ModelRegistry(config.assets_dir, config.models)
     app.extensions["mmax_registry"] = registry
+    jobs = JobRunner(JobStore(config.data_dir), registry, config.job_stale_s, config.job_attempts)
+    app.extensions["mmax_jobs"] = jobs
     if config.cors:
         from flask_cors import CORS
 
         CORS(app)
-    build_api(app, registry)
+    build_api(app, registry, jobs)
     registry.start_loading()
+    jobs.start()
     return app
 
 

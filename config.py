@@ -43,6 +43,13 @@ class Config:
     cors: bool = False
     api_key: str | None = None
     log_level: str = "INFO"
+    # Whole-slide jobs: the SQLite queue and job folders live in data_dir; a job may name a slide by a
+    # path relative to slide_root (none: uploads only).
+    data_dir: Path = ROOT / "var"
+    slide_root: Path | None = None
+    max_slide_bytes: int = 8 * 1024**3
+    job_stale_s: int = 60
+    job_attempts: int = 2
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -60,4 +67,9 @@ class Config:
             cors=_env_bool("CORS", False),
             api_key=_env("API_KEY", "") or None,
             log_level=_env("LOG_LEVEL", "INFO"),
+            data_dir=Path(_env("DATA_DIR", str(ROOT / "var"))),
+            slide_root=Path(_env("SLIDE_ROOT", "")) if _env("SLIDE_ROOT", "") else None,
+            max_slide_bytes=_env_int("MAX_SLIDE_BYTES", 8 * 1024**3),
+            job_stale_s=_env_int("JOB_STALE_S", 60),
+            job_attempts=_env_int("JOB_ATTEMPTS", 2),
         )

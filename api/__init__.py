@@ -4,18 +4,21 @@ from __future__ import annotations
 from flask import Flask
 from flask_restx import Api
 
-from api import health, metrics, model
+from api import health, jobs, metrics, model
 from api.errors import register_error_handlers
 from api.security import AUTHORIZATIONS
+from core.jobs import JobRunner
 from core.registry import ModelRegistry
 
 
-def build_api(app: Flask, registry: ModelRegistry) -> Api:
+def build_api(app: Flask, registry: ModelRegistry, runner: JobRunner) -> Api:
     api = Api(app, version="1.0", title="microscopy-max",
               description="Microscopy models as one REST service. Every model answers the same routes: "
-                          "list them with GET /model/metadata, run one with POST /model/{id}/predict.",
+                          "list them with GET /model/metadata, run one with POST /model/{id}/predict; "
+                          "whole slides go to POST /model/{id}/jobs and are followed at /jobs/{job_id}.",
               doc="/", authorizations=AUTHORIZATIONS)
-    api.add_namespace(model.create_namespace(registry), path="/model")
+    api.add_namespace(model.create_namespace(registry, runner), path="/model")
+    api.add_namespace(jobs.create_namespace(runner), path="/jobs")
     api.add_namespace(health.create_namespace(registry), path="/health")
     api.add_namespace(metrics.ns, path="/metrics")
     register_error_handlers(app, api)

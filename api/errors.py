@@ -18,9 +18,9 @@ def error_body(message: str) -> dict[str, str]:
 
 def _http_message(exc: HTTPException) -> str:
     if exc.code == 413:
-        from flask import current_app
+        from flask import request
 
-        return f"upload too large: the limit is {current_app.config['MAX_CONTENT_LENGTH']:,} bytes"
+        return f"upload too large: the limit is {request.max_content_length:,} bytes"
     return exc.description or exc.name
 
 

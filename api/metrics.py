@@ -10,8 +10,15 @@ import time
 
 from flask import Flask, Response, g, request
 from flask_restx import Namespace, Resource
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
-                               generate_latest, multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 REQUESTS = Counter("mmax_requests_total", "HTTP requests answered", ["route", "model", "method", "status"])
 ERRORS = Counter("mmax_errors_total", "HTTP requests answered with a 4xx or 5xx code", ["route", "model", "status"])

@@ -5,6 +5,7 @@ The namespace is built per app from its registry, so the Swagger form lists ever
 from __future__ import annotations
 
 import io
+import json
 import time
 from typing import Any
 
@@ -12,10 +13,11 @@ from flask import current_app, request, send_file
 from flask_restx import Namespace, Resource
 from werkzeug.datastructures import FileStorage
 
-from api import schemas
+from api import jobs, schemas
 from api.metrics import observe_inference
 from api.security import require_api_key
 from core.imageio import encode_png
+from core.jobs import JobRunner
 from core.options import parse_options
 from core.registry import ModelRegistry
 
@@ -26,22 +28,27 @@ def _predict_parser(ns: Namespace, registry: ModelRegistry):
     parser.add_argument("image", location="files", type=FileStorage, required=True,
                         help="the image to analyse (PNG, JPEG, TIFF, BMP, WEBP)")
     users: dict[str, list[str]] = {}
-    options = {}
+    options, choices = {}, {}
     for model_id, model in registry.models.items():
         for option in model.declared_options():
             users.setdefault(option.name, []).append(model_id)
-            options[option.name] = option
+            options.setdefault(option.name, option)
+            if option.choices:  # e.g. format: the union of what the models offer
+                known = choices.setdefault(option.name, [])
+                known.extend(c for c in option.choices if c not in known)
     for name, option in options.items():
-        parser.add_argument(name, location="form", required=False, type=str, choices=option.choices,
+        parser.add_argument(name, location="form", required=False, type=str, choices=choices.get(name),
                             default=option.default, help=f"({', '.join(users[name])}) {option.help}")
     return parser
 
 
-def create_namespace(registry: ModelRegistry) -> Namespace:
+def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
     ns = Namespace("model", description="Model metadata, labels and predictions")
     for schema in schemas.ALL:
         ns.add_model(schema.name, schema)
     predict_form = _predict_parser(ns, registry)
+    job_form = jobs.submit_parser(ns, registry)
+    ns.add_model(schemas.job.name, schemas.job)
 
     def describe(model_id: str) -> dict[str, Any]:
         model = registry.get(model_id)
@@ -105,10 +112,30 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
             if options.get("format") == "png":
                 png = encode_png(model.render(inputs, result))
                 return send_file(io.BytesIO(png), mimetype="image/png", download_name=f"{model_id}.png")
+            if options.get("format") == "geojson":
+                return current_app.response_class(json.dumps(model.to_geojson(result)),
+                                                  mimetype="application/geo+json")
             size = getattr(inputs, "size", None)
             body = {"status": "ok", "model": model_id, "version": model.spec.version}
             if size is not None:
                 body["image"] = {"width": size[0], "height": size[1]}
             return {**body, **result}
+
+    @ns.route("/<string:model_id>/jobs")
+    @ns.param("model_id", "a model that analyses whole slides, e.g. metastasis")
+    class Jobs(Resource):
+        method_decorators = [require_api_key]
+
+        @ns.expect(job_form)
+        @ns.doc(security="apikey")
+        @ns.response(202, "queued; follow it at /jobs/{job_id} (the Location header)", schemas.job)
+        @ns.response(400, "bad option, missing slide, or a model without whole-slide analysis", schemas.error)
+        @ns.response(403, "slide path outside the slide root", schemas.error)
+        @ns.response(404, "unknown model or slide", schemas.error)
+        @ns.response(413, "upload too large", schemas.error)
+        @ns.response(415, "not a slide OpenSlide or Pillow can read", schemas.error)
+        def post(self, model_id: str):
+            """Analyse a whole slide as a job: upload it ('slide') or name it under the slide root ('slide_path')."""
+            return jobs.submit(registry, runner, model_id)
 
     return ns

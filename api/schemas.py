@@ -58,4 +58,25 @@ health = Model("Health", {
     "message": fields.String(),
 })
 
-ALL = (error, label, labels, option, metadata, metadata_list, prediction, prediction_response, health)
+
+job_links = Model("JobLinks", {
+    "self": fields.String(), "result": fields.String(), "heatmap": fields.String(), "geojson": fields.String(),
+})
+
+job = Model("Job", {
+    "id": fields.String(description="32 hexadecimal characters"),
+    "model": fields.String(example="metastasis"),
+    "status": fields.String(enum=["queued", "running", "done", "failed"]),
+    "progress": fields.Float(min=0, max=1),
+    "message": fields.String(description="what it is doing, or why it failed"),
+    "attempts": fields.Integer(description="runs started; a job whose runner died is re-queued"),
+    "slide": fields.String(description="the uploaded file's name or the slide path"),
+    "created": fields.String(description="ISO 8601, UTC"),
+    "updated": fields.String(description="ISO 8601, UTC"),
+    "links": fields.Nested(job_links),
+})
+
+job_list = Model("JobList", {"jobs": fields.List(fields.Nested(job))})
+
+ALL = (error, label, labels, option, metadata, metadata_list, prediction, prediction_response, health,
+       job_links, job)

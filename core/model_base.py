@@ -9,7 +9,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -21,8 +21,8 @@ from core.imageio import decode_image, to_rgb8
 from core.options import Option
 from core.tta import dihedral_mean
 
-FORMAT_OPTION = Option("format", str, "json", "json: predictions; png: the image with the predictions drawn",
-                       choices=("json", "png"))
+FORMAT_HELP = {"json": "predictions", "png": "the image with the predictions drawn",
+               "geojson": "the predictions as a GeoJSON FeatureCollection (QuPath imports it)"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,11 @@ class MicroscopyModel(ABC):
     options: tuple[Option, ...] = ()
     #: whether predictions carry positions (then ``format=png`` draws them)
     locates: bool = True
+    #: the answers ``format`` offers when the model locates things
+    formats: tuple[str, ...] = ("json", "png")
     batch_size: int = 32
+    #: training augmentation: how free rotations fill the corners ("constant" black, or "reflect" tissue)
+    rotation_fill: str = "constant"
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
@@ -49,7 +53,10 @@ class MicroscopyModel(ABC):
     # ---- lifecycle -------------------------------------------------------------------------------
     @classmethod
     def declared_options(cls) -> tuple[Option, ...]:
-        return ((FORMAT_OPTION,) if cls.locates else ()) + cls.options
+        if not cls.locates:
+            return cls.options
+        help_text = "; ".join(f"{name}: {FORMAT_HELP[name]}" for name in cls.formats)
+        return (Option("format", str, "json", help_text, choices=cls.formats),) + cls.options
 
     def load(self) -> None:
         verify_weights(self.spec)
@@ -111,6 +118,20 @@ class MicroscopyModel(ABC):
         """``format=png``: the uploaded image with the predictions drawn."""
         return draw_boxes(to_rgb8(inputs), result["predictions"], self.spec.label_names)
 
+    def to_geojson(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``format=geojson`` (models that list it in ``formats``)."""
+        raise NotImplementedError
+
+    # ---- whole slides (models that set ``takes_slides``; run as jobs by core.jobs) ----------------------
+    takes_slides: bool = False
+
+    def check_slide(self, slide: Any, options: dict[str, Any]) -> None:
+        """Refuse (ClientError) at submission a slide this model could not analyse; by default accept."""
+
+    def analyse_slide(self, slide: Any, options: dict[str, Any], progress: Callable[[float, str], None]) -> Any:
+        """A whole slide (an OpenSlide object) → :class:`core.wsi.SlideAnalysis`; ``progress(fraction, note)``."""
+        raise NotImplementedError(f"model '{self.spec.id}' does not analyse whole slides")
+
     # ---- training hooks (used by ``python -m core.training``) -------------------------------------
     def training_data(self, data_dir: Path) -> Iterator[tuple[np.ndarray, int, str]]:
         """(network input, label index, group) for every training example; by default one per file.
@@ -127,6 +148,11 @@ class MicroscopyModel(ABC):
     def training_input(self, image: Image.Image) -> np.ndarray:
         """One training file turned into the network's input, exactly as predict would see it."""
         raise NotImplementedError
+
+    def predefined_test(self, groups: np.ndarray) -> np.ndarray | None:
+        """A test split fixed by the data (boolean mask over examples, e.g. a data set's own validation
+        slides), or None to hold out one of the grouped folds."""
+        return None
 
     def evaluate_detection(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
         """Object-level figures on the held-out groups, with the trained network in ``self.network``."""

@@ -72,6 +72,11 @@ class ModelRegistry:
 
     # ---- queries -----------------------------------------------------------------------------------
     @property
+    def settled(self) -> bool:
+        """Loading is over (every model ready or failed)."""
+        return LOADING not in self.state.values()
+
+    @property
     def ready(self) -> bool:
         return all(state == READY for state in self.state.values())
 

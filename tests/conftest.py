@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,17 @@ SHARED = ROOT.parent / "shared"
 LEUKOCYTE_DATA = SHARED / "data" / "leukocyte" / "train"
 MOBILENET_H5 = SHARED / "weights" / "mobilenet_v1_0.25_224" / "mobilenet_v1_0.25_224.h5"
 
-# Small limits so the limit tests need only small uploads.
-TEST_CONFIG = Config(max_upload_bytes=2_000_000, max_image_pixels=4_000_000)
+PCAM = SHARED / "data" / "metastasis" / "pcam"
+SVS = SHARED / "data" / "metastasis" / "wsi" / "CMU-1-Small-Region.svs"
+
+# Small limits so the limit tests need only small uploads; jobs in a scratch folder, not the checkout's var/.
+TEST_CONFIG = Config(max_upload_bytes=2_000_000, max_image_pixels=4_000_000,
+                     data_dir=Path(tempfile.mkdtemp(prefix="mmax-tests-")))
+
+
+def config_with(**changes) -> Config:
+    """The test settings with some changed, e.g. ``config_with(assets_dir=tmp)``."""
+    return replace(TEST_CONFIG, **changes)
 
 
 def make_app(config: Config = TEST_CONFIG):

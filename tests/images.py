@@ -56,3 +56,34 @@ def spread(size=(640, 480), rods=(), nucleus=(480, 330, 70), seed: int = 0) -> I
 
 RODS = ((80, 80, 34, 20), (200, 90, 40, 100), (320, 70, 30, 45), (90, 220, 38, 160), (220, 230, 32, 70),
         (330, 200, 36, 0), (120, 380, 30, 120), (260, 380, 40, 30))
+
+
+def section(size=(2048, 1536), seed: int = 0, dark_square: tuple[int, int, int] | None = None) -> np.ndarray:
+    """An H&E-like section: glass, an elliptic pink tissue blob with purple speckle, and optionally a dark
+    purple square (x, y, side) standing in for a dense region a scorer can find."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    rgb = np.full((height, width, 3), 242, np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    blob = ((yy - height / 2) ** 2 / (0.35 * height) ** 2 + (xx - width / 2) ** 2 / (0.4 * width) ** 2) < 1
+    rgb[blob] = (214, 140, 190)
+    speckle = blob & (rng.random((height, width)) < 0.05)
+    rgb[speckle] = (120, 60, 150)
+    if dark_square:
+        x, y, side = dark_square
+        rgb[y:y + side, x:x + side] = (60, 20, 90)
+    return rgb
+
+
+def pyramid_tiff(path, rgb: np.ndarray, mpp: float, levels: int = 3) -> None:
+    """A tiled, multi-level TIFF that OpenSlide opens as a generic-tiff slide with ``openslide.mpp-x``."""
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tif:
+        level = rgb
+        for index in range(levels):
+            px_per_cm = 1e4 / (mpp * 2 ** index)
+            tif.write(level, tile=(256, 256), photometric="rgb", compression="zlib",
+                      resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER",
+                      subfiletype=1 if index else 0)  # reduced-resolution pages are the pyramid's levels
+            level = np.asarray(Image.fromarray(level).reduce(2))

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from config import Config
-from tests.conftest import TEST_CONFIG, make_app
+from tests.conftest import TEST_CONFIG, config_with, make_app
 from tests.images import encode, smear
 
 GOOD = encode(smear())
@@ -66,7 +65,7 @@ def test_unknown_routes_and_methods_answer_json(client):
 
 
 def test_api_key_when_configured():
-    app = make_app(Config(api_key="s3cret", max_upload_bytes=2_000_000, max_image_pixels=4_000_000))
+    app = make_app(config_with(api_key="s3cret"))
     client = app.test_client()
     missing, wrong = post(client), client.post(
         "/model/leukocyte/predict", headers={"X-API-Key": "guess"},

@@ -36,8 +36,8 @@ def test_crop_window_pads_at_the_border():
 @needs(LEUKOCYTE_DATA)
 def test_real_crops_of_held_out_cells_get_the_right_label(app):
     """Crops of cells the shipped model never saw (its test fold), ten per class, drawn at random."""
-    from core.training.data import grouped_split
     from core.models.leukocyte import FILE_PATTERN
+    from core.training.data import grouped_split
 
     meta = json.loads((ROOT / "assets" / "leukocyte" / "model.json").read_text())
     settings = meta["training"]["settings"]

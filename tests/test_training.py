@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config import Config
 from core.training.__main__ import main as train_main
-from tests.conftest import MOBILENET_H5, make_app, needs
+from tests.conftest import MOBILENET_H5, config_with, make_app, needs
 from tests.images import encode, smear
 
 CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -41,7 +40,7 @@ def test_training_command_writes_a_model_the_service_loads(tmp_path: Path):
     assert meta["training"]["command"].startswith("python -m core.training leukocyte")
     assert meta["training"]["settings"]["weights"] == "none" and meta["inference"]["tta"] is True
 
-    app = make_app(Config(assets_dir=tmp_path / "assets"))
+    app = make_app(config_with(assets_dir=tmp_path / "assets"))
     response = app.test_client().post("/model/leukocyte/predict", data={"image": (io.BytesIO(encode(smear())), "a.png")},
                                       content_type="multipart/form-data")
     assert response.status_code == 200 and len(response.get_json()["predictions"]) == 1

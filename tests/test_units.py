@@ -8,7 +8,7 @@ from PIL import Image
 from core.errors import BadOption, ClientError, ImageTooLarge, UnsupportedImage
 from core.imageio import decode_image, to_rgb8
 from core.options import Option, parse_options
-from core.training.data import three_way_split, Arrays
+from core.training.data import Arrays, three_way_split
 from core.tta import dihedral_mean, dihedral_views
 from tests.images import encode
 

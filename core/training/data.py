@@ -63,9 +63,14 @@ def grouped_split(y: np.ndarray, groups: np.ndarray, folds: int, fold: int, seed
     raise ValueError(f"fold {fold} does not exist among {folds}")
 
 
-def three_way_split(arrays: Arrays, folds: int, fold: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """train / val (early stopping) / test (reported only): disjoint in groups."""
-    rest, test = grouped_split(arrays.y, arrays.groups, folds, fold, seed)
+def three_way_split(arrays: Arrays, folds: int, fold: int, val_fraction: float, seed: int,
+                    fixed_test: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """train / val (early stopping) / test (reported only): disjoint in groups. The test split is one of
+    ``folds`` grouped folds, or ``fixed_test`` (a boolean mask) when the data set fixes it."""
+    if fixed_test is not None:
+        rest, test = np.flatnonzero(~fixed_test), np.flatnonzero(fixed_test)
+    else:
+        rest, test = grouped_split(arrays.y, arrays.groups, folds, fold, seed)
     rest_y, rest_groups = arrays.y[rest], arrays.groups[rest]
     fewest_groups = min(len(set(rest_groups[rest_y == label])) for label in set(rest_y))
     n_val_folds = max(2, min(round(1 / val_fraction), fewest_groups))
@@ -75,13 +80,14 @@ def three_way_split(arrays: Arrays, folds: int, fold: int, val_fraction: float, 
     return split
 
 
-def augmenter(seed: int):
-    """Orthogonal and free rotations, flips, zoom and colour jitter: stain and scanner vary between labs."""
+def augmenter(seed: int, fill: str = "constant"):
+    """Orthogonal and free rotations, flips, zoom and colour jitter: stain and scanner vary between labs.
+    ``fill`` is how rotated corners are filled: "constant" (black) or "reflect"."""
     import keras
 
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        keras.layers.RandomRotation(0.5, fill_mode="constant", seed=seed),
+        keras.layers.RandomRotation(0.5, fill_mode=fill, seed=seed),
         keras.layers.RandomZoom(0.25, seed=seed),
         keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
         keras.layers.RandomContrast(0.1, seed=seed),
@@ -91,7 +97,7 @@ def augmenter(seed: int):
     ], name="augment")
 
 
-def dataset(arrays: Arrays, batch_size: int, augment: bool, seed: int):
+def dataset(arrays: Arrays, batch_size: int, augment: bool, seed: int, fill: str = "constant"):
     import tensorflow as tf
 
     data = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y))
@@ -99,7 +105,7 @@ def dataset(arrays: Arrays, batch_size: int, augment: bool, seed: int):
         data = data.shuffle(len(arrays.y), seed=seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     if augment:
-        layers = augmenter(seed)
+        layers = augmenter(seed, fill)
         data = data.map(lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y),
                         num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)

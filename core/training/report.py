@@ -4,7 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 
 def classification_report(y_true: np.ndarray, probabilities: np.ndarray, groups: np.ndarray,
@@ -28,7 +34,9 @@ def classification_report(y_true: np.ndarray, probabilities: np.ndarray, groups:
         "confusion_matrix": {"labels": label_names, "rows_true_columns_predicted":
                              confusion_matrix(y_true, y_pred, labels=labels).tolist()},
     }
-    if all(len(set(y_true[groups == g])) == 1 for g in group_ids):
+    if len(labels) == 2 and len(set(y_true)) == 2:  # two classes: the threshold-free figure too
+        report["auc"] = round(float(roc_auc_score(y_true, probabilities[:, 1])), 4)
+    if len(group_ids) < len(y_true) and all(len(set(y_true[groups == g])) == 1 for g in group_ids):
         group_true = np.array([y_true[groups == g][0] for g in group_ids])
         group_pred = np.array([probabilities[groups == g].mean(axis=0).argmax() for g in group_ids])
         report["group_accuracy"] = round(float(accuracy_score(group_true, group_pred)), 4)

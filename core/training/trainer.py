@@ -70,7 +70,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     arrays = load_arrays(model, settings.data, settings.cache_dir)
     if settings.limit_groups:
         arrays = _limit(arrays, settings.limit_groups)
-    split = three_way_split(arrays, settings.folds, settings.fold, settings.val_fraction, settings.seed)
+    fixed_test = model.predefined_test(arrays.groups)
+    split = three_way_split(arrays, settings.folds, settings.fold, settings.val_fraction, settings.seed,
+                            fixed_test)
     parts = {name: arrays.subset(index) for name, index in split.items()}
     for name, part in parts.items():
         print(f"[split] {name}: {len(part.y)} examples, {len(set(part.groups))} groups, "
@@ -90,7 +92,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     ]
     started = time.perf_counter()
     history = network.fit(
-        dataset(parts["train"], settings.batch_size, augment=True, seed=settings.seed),
+        dataset(parts["train"], settings.batch_size, augment=True, seed=settings.seed, fill=model.rotation_fill),
         validation_data=dataset(parts["val"], settings.batch_size, augment=False, seed=settings.seed),
         epochs=settings.epochs, class_weight=_class_weights(parts["train"].y, n_classes),
         callbacks=callbacks, verbose=2,
@@ -98,7 +100,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     minutes = (time.perf_counter() - started) / 60
 
     reports = _evaluate(model, network, parts["test"], settings)
-    return _write_assets(settings, spec.meta, network, reports, history.history, minutes)
+    return _write_assets(settings, spec.meta, network, reports, history.history, minutes, fixed_test is not None)
 
 
 def _evaluate(model, network, test: Arrays, settings: TrainSettings) -> dict[str, dict[str, Any]]:
@@ -125,16 +127,18 @@ def _evaluate(model, network, test: Arrays, settings: TrainSettings) -> dict[str
 
 
 def _write_assets(settings: TrainSettings, meta: dict[str, Any], network, reports: dict[str, dict[str, Any]],
-                  history: dict[str, list[float]], minutes: float) -> dict[str, Any]:
+                  history: dict[str, list[float]], minutes: float, predefined_test: bool = False) -> dict[str, Any]:
     settings.out.mkdir(parents=True, exist_ok=True)
     weights_path = settings.out / meta["weights"]["file"]
     network.save(weights_path)
     meta = json.loads(json.dumps(meta))  # a copy
     meta["weights"]["sha256"] = sha256_of(weights_path)
     meta["weights"]["bytes"] = weights_path.stat().st_size
+    held_out = "the data set's own held-out split" if predefined_test else \
+        f"fold {settings.fold} of {settings.folds}, stratified by class"
     meta["metrics"] = {
-        "split": (f"held-out test split: fold {settings.fold} of {settings.folds}, stratified by class; "
-                  f"{meta.get('data', {}).get('split', 'grouped')}; never used for training or early stopping"),
+        "split": (f"held-out test split: {held_out}; {meta.get('data', {}).get('split', 'grouped')}; "
+                  f"never used for training or early stopping"),
         "test": reports["tta" if settings.tta else "plain"],
     }
     if settings.tta:

@@ -1,0 +1,169 @@
+"""``/jobs``: whole-slide jobs (submitted at ``POST /model/<id>/jobs``), their status and their outputs."""
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, request, send_file
+from flask_restx import Namespace, Resource
+from werkzeug.datastructures import FileStorage
+from werkzeug.utils import secure_filename
+
+from api import schemas
+from api.security import require_api_key
+from core.errors import ClientError
+from core.jobs import RESULT_FILES, JobNotDone, JobRunner
+from core.options import parse_options
+from core.registry import ModelRegistry
+
+MIMETYPES = {"result": "application/json", "heatmap": "image/png", "geojson": "application/geo+json"}
+
+
+def _time(stamp: float | None) -> str | None:
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds") if stamp else None
+
+
+def job_json(job: dict[str, Any]) -> dict[str, Any]:
+    out = {"id": job["id"], "model": job["model"], "status": job["status"], "progress": job["progress"],
+           "message": job["message"], "attempts": job["attempts"], "slide": job["slide_name"],
+           "created": _time(job["created"]), "updated": _time(job["updated"]),
+           "links": {"self": f"/jobs/{job['id']}"}}
+    if job["status"] == "done":
+        out["links"].update({key: f"/jobs/{job['id']}/{'heatmap.png' if key == 'heatmap' else key}"
+                             for key in RESULT_FILES})
+    return out
+
+
+def resolve_slide_path(root: Path | None, relative: str) -> Path:
+    """``relative`` inside the slide root, refusing anything that leaves it (``..``, absolute, symlinks)."""
+    if root is None:
+        raise ClientError("this server has no slide root (setting MMAX_SLIDE_ROOT); upload the slide in the "
+                          "multipart file field 'slide' instead")
+    base = root.resolve()
+    candidate = (base / relative).resolve()
+    if not candidate.is_relative_to(base):
+        raise ClientError(f"slide path '{relative}' leaves the slide root", status=403)
+    if not candidate.is_file():
+        raise ClientError(f"no slide '{relative}' under the slide root", status=404)
+    return candidate
+
+
+def submit_parser(ns: Namespace, registry: ModelRegistry):
+    parser = ns.parser()
+    parser.add_argument("slide", location="files", type=FileStorage, required=False,
+                        help="the slide file to upload (SVS, tiled TIFF, NDPI, ...; single-file formats)")
+    parser.add_argument("slide_path", location="form", type=str, required=False,
+                        help="or: the slide's path relative to the server's slide root (MMAX_SLIDE_ROOT)")
+    seen = set()
+    for model in registry.models.values():
+        if model.takes_slides:
+            for option in model.declared_options():
+                if option.name not in seen and option.name != "format":
+                    seen.add(option.name)
+                    parser.add_argument(option.name, location="form", type=str, required=False,
+                                        default=option.default, help=option.help)
+    return parser
+
+
+def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[dict, int, dict]:
+    """Queue a slide for ``model_id``: checked now (model, options, a readable slide), analysed later."""
+    from core.wsi.slide import open_slide
+
+    config = current_app.config["MMAX"]
+    model = registry.get(model_id)
+    if not model.takes_slides:
+        raise ClientError(f"model '{model_id}' does not analyse whole slides; use /model/{model_id}/predict")
+    request.max_content_length = config.max_slide_bytes
+    given = {key: request.form[key] for key in request.form if key != "slide_path"}
+    declared = tuple(o for o in model.declared_options() if o.name != "format")
+    options = parse_options(declared, given, ignore=set(request.files) | {"slide_path"})
+    unexpected = sorted(set(request.files) - {"slide"})
+    if unexpected:
+        raise ClientError(f"unexpected file field(s) {', '.join(unexpected)}; send the slide in 'slide'")
+    store = runner.store
+    job_id = store.new_id()
+    folder = store.folder(job_id)
+    if "slide" in request.files:
+        upload = request.files["slide"]
+        name = secure_filename(upload.filename or "") or "slide"
+        folder.mkdir(parents=True)
+        path = folder / name
+        upload.save(path)
+    elif request.form.get("slide_path"):
+        name = request.form["slide_path"]
+        path = resolve_slide_path(config.slide_root, name)
+    else:
+        raise ClientError("send the slide as the multipart file field 'slide', or its path relative to the "
+                          "slide root in the form field 'slide_path'")
+    try:
+        if path.stat().st_size == 0:
+            raise ClientError("the 'slide' upload is empty (0 bytes)")
+        model.check_slide(open_slide(path), options)
+    except ClientError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    job = store.create(job_id, model_id, path, name, options)
+    runner.wake()
+    return job_json(job), 202, {"Location": f"/jobs/{job_id}"}
+
+
+def create_namespace(runner: JobRunner) -> Namespace:
+    ns = Namespace("jobs", description="Whole-slide jobs: status, progress and results")
+    for schema in (schemas.error, schemas.job_links, schemas.job, schemas.job_list):
+        ns.add_model(schema.name, schema)
+    store = runner.store
+
+    @ns.route("")
+    class JobList(Resource):
+        method_decorators = [require_api_key]
+
+        @ns.response(200, "the most recent jobs, newest first", schemas.job_list)
+        def get(self):
+            """The 100 most recent jobs."""
+            return {"jobs": [job_json(job) for job in store.recent(100)]}
+
+    @ns.route("/<string:job_id>")
+    @ns.param("job_id", "the id answered by POST /model/{id}/jobs")
+    class Job(Resource):
+        method_decorators = [require_api_key]
+
+        @ns.response(200, "status and progress", schemas.job)
+        @ns.response(400, "malformed job id", schemas.error)
+        @ns.response(404, "no such job", schemas.error)
+        def get(self, job_id: str):
+            """A job's status (queued, running, done, failed), progress 0-1 and links to its results."""
+            return job_json(store.get(job_id))
+
+        @ns.response(200, "deleted", schemas.job)
+        @ns.response(409, "still queued or running", schemas.error)
+        def delete(self, job_id: str):
+            """Forget a finished job and delete its files (an uploaded slide included)."""
+            job = store.get(job_id)
+            store.delete(job_id)
+            return job_json(job)
+
+    def result_route(key: str, url: str) -> None:
+        @ns.route(f"/<string:job_id>/{url}", endpoint=f"job_{key}")
+        @ns.param("job_id", "the id answered by POST /model/{id}/jobs")
+        class Result(Resource):
+            method_decorators = [require_api_key]
+
+            @ns.response(200, f"the job's {key} ({MIMETYPES[key]})")
+            @ns.response(404, "no such job", schemas.error)
+            @ns.response(409, "not done (yet)", schemas.error)
+            def get(self, job_id: str):
+                job = store.get(job_id)
+                if job["status"] != "done":
+                    raise JobNotDone(f"job '{job_id}' is {job['status']}: {job['message']}")
+                path = store.folder(job_id) / RESULT_FILES[key]
+                return send_file(path, mimetype=MIMETYPES[key], download_name=f"{job_id}-{RESULT_FILES[key]}")
+
+        Result.get.__doc__ = {"result": "The job's full result (JSON).",
+                              "heatmap": "The slide's heatmap (PNG).",
+                              "geojson": "The job's regions as GeoJSON (QuPath: File > Import objects)."}[key]
+
+    for key, url in (("result", "result"), ("heatmap", "heatmap.png"), ("geojson", "geojson")):
+        result_route(key, url)
+    return ns

@@ -1,0 +1,222 @@
+"""Durable whole-slide jobs: a SQLite queue under the data dir, and a runner thread in every server process.
+
+A job is a row (queued → running → done | failed) plus a folder with its slide (when uploaded) and its
+outputs. Runners claim queued jobs atomically, so any number of server processes share one queue. A
+running job's runner beats a heartbeat; a job whose heartbeat stops (its process died) is re-queued, or
+failed with the reason once it has used up its attempts. Nothing is kept only in memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from core.errors import ClientError
+
+log = logging.getLogger(__name__)
+
+JOB_ID_LENGTH = 32  # uuid4 hex
+RESULT_FILES = {"result": "result.json", "heatmap": "heatmap.png", "geojson": "regions.geojson"}
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, model TEXT NOT NULL, slide TEXT NOT NULL, slide_name TEXT NOT NULL,
+    options TEXT NOT NULL, status TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, message TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, created REAL NOT NULL, updated REAL NOT NULL,
+    heartbeat REAL
+)"""
+
+
+class JobNotFound(ClientError):
+    status = 404
+
+
+class JobNotDone(ClientError):
+    status = 409
+
+
+def check_job_id(job_id: str) -> str:
+    if len(job_id) != JOB_ID_LENGTH or any(ch not in "0123456789abcdef" for ch in job_id):
+        raise ClientError(f"malformed job id '{job_id[:80]}': job ids are {JOB_ID_LENGTH} hexadecimal characters")
+    return job_id
+
+
+class JobStore:
+    """The jobs table and each job's folder under ``data_dir``."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        try:
+            (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise SystemExit(f"the data dir {self.data_dir} (setting MMAX_DATA_DIR) is not usable for the job "
+                             f"database: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.data_dir / "jobs.sqlite", timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def folder(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / check_job_id(job_id)
+
+    def new_id(self) -> str:
+        return uuid.uuid4().hex
+
+    def create(self, job_id: str, model_id: str, slide: Path, slide_name: str, options: dict[str, Any]) -> dict:
+        now = time.time()
+        with closing(self._connect()) as db:
+            db.execute("INSERT INTO jobs (id, model, slide, slide_name, options, status, message, created, updated)"
+                       " VALUES (?, ?, ?, ?, ?, 'queued', 'waiting for a runner', ?, ?)",
+                       (job_id, model_id, str(slide), slide_name, json.dumps(options), now, now))
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (check_job_id(job_id),)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job '{job_id}'")
+        return dict(row)
+
+    def delete(self, job_id: str) -> None:
+        """Forget a finished job and remove its folder (its uploaded slide and outputs)."""
+        import shutil
+
+        if self.get(job_id)["status"] in {"queued", "running"}:
+            raise JobNotDone(f"job '{job_id}' is still {self.get(job_id)['status']}; delete it once it ends")
+        with closing(self._connect()) as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def recent(self, limit: int = 100) -> list[dict]:
+        with closing(self._connect()) as db:
+            return [dict(row) for row in db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+
+    def claim(self, worker: str) -> dict | None:
+        """The oldest queued job, now running for ``worker``; None when the queue is empty."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")  # one writer at a time: no job is claimed twice
+            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created LIMIT 1").fetchone()
+            if row is None:
+                db.execute("COMMIT")
+                return None
+            now = time.time()
+            db.execute("UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?, heartbeat = ?, "
+                       "updated = ?, progress = 0, message = 'started' WHERE id = ?", (worker, now, now, row["id"]))
+            db.execute("COMMIT")
+        return self.get(row["id"])
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        if fields.get("status", "running") == "running":
+            fields["heartbeat"] = fields["updated"]
+        names = ", ".join(f"{name} = ?" for name in fields)
+        with closing(self._connect()) as db:
+            db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))  # nosec B608: names are ours
+
+    def recover(self, stale_s: float, max_attempts: int) -> int:
+        """Jobs whose runner stopped beating: back to the queue, or failed once out of attempts."""
+        cutoff, now = time.time() - stale_s, time.time()
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            stale = db.execute("SELECT id, attempts, worker FROM jobs WHERE status = 'running' AND heartbeat < ?",
+                               (cutoff,)).fetchall()
+            for row in stale:
+                if row["attempts"] < max_attempts:
+                    db.execute("UPDATE jobs SET status = 'queued', updated = ?, message = ? WHERE id = ?",
+                               (now, f"re-queued: its runner ({row['worker']}) stopped responding", row["id"]))
+                else:
+                    db.execute("UPDATE jobs SET status = 'failed', updated = ?, message = ? WHERE id = ?",
+                               (now, f"failed: its runner stopped responding on each of {row['attempts']} "
+                                     f"attempts (last: {row['worker']})", row["id"]))
+            db.execute("COMMIT")
+        for row in stale:
+            log.warning("job %s: runner %s stopped responding", row["id"], row["worker"])
+        return len(stale)
+
+
+class JobRunner:
+    """One thread per server process: recover stale jobs, claim one, run it, repeat."""
+
+    def __init__(self, store: JobStore, registry, stale_s: float, max_attempts: int, poll_s: float = 1.0):
+        self.store, self.registry = store, registry
+        self.stale_s, self.max_attempts, self.poll_s = stale_s, max_attempts, poll_s
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """A job was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.store.recover(self.stale_s, self.max_attempts)
+                job = self.store.claim(self.worker) if self.registry.settled else None
+            except sqlite3.Error:
+                log.exception("job queue unavailable")
+                job = None
+            if job is None:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+                continue
+            self.run(job)
+
+    def run(self, job: dict) -> None:
+        job_id, beating = job["id"], threading.Event()
+
+        def heartbeat() -> None:  # independent of progress: a slow block is not a dead runner
+            while not beating.wait(max(0.5, self.stale_s / 4)):
+                self.store.update(job_id)
+
+        beat = threading.Thread(target=heartbeat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        beat.start()
+        try:
+            self._analyse(job)
+            self.store.update(job_id, status="done", progress=1.0, message="done")
+            log.info("job %s done", job_id)
+        except ClientError as exc:
+            self.store.update(job_id, status="failed", message=exc.message)
+        except Exception as exc:  # a bug or a broken slide: the job says so, the runner goes on
+            log.exception("job %s failed", job_id)
+            self.store.update(job_id, status="failed", message=f"failed: {type(exc).__name__}: {exc}")
+        finally:
+            beating.set()
+
+    def _analyse(self, job: dict) -> None:
+        from core.wsi.slide import open_slide
+
+        model = self.registry.get_ready(job["model"])
+        slide = open_slide(Path(job["slide"]))
+
+        def progress(fraction: float, note: str) -> None:
+            self.store.update(job["id"], progress=round(fraction, 4), message=note)
+
+        analysis = model.analyse_slide(slide, json.loads(job["options"]), progress)
+        folder = self.store.folder(job["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        # Written under temporary names and renamed: a reader never sees half a file.
+        for key, write in (("heatmap", lambda p: analysis.heatmap.save(p, format="PNG")),
+                           ("geojson", lambda p: p.write_text(json.dumps(analysis.geojson))),
+                           ("result", lambda p: p.write_text(json.dumps(analysis.result)))):
+            partial = folder / (RESULT_FILES[key] + ".partial")
+            write(partial)
+            partial.replace(folder / RESULT_FILES[key])

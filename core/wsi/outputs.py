@@ -1,0 +1,104 @@
+"""What people look at and import: a heatmap over the slide, tumour regions as polygons, GeoJSON."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from skimage import measure
+
+# Probability colour scale, blue (0) through green and yellow to red (1).
+_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_COLOURS = np.array([[49, 54, 149], [69, 160, 200], [120, 198, 121], [253, 174, 97], [215, 25, 28]], float)
+
+
+def colourise(probabilities: np.ndarray) -> np.ndarray:
+    """RGB colours for probabilities in 0..1 (NaN is treated as 0; mask it separately)."""
+    p = np.nan_to_num(np.clip(probabilities, 0, 1))
+    return np.stack([np.interp(p, _STOPS, _COLOURS[:, k]) for k in range(3)], axis=-1).astype(np.uint8)
+
+
+def heatmap_overlay(background: Image.Image, grid: np.ndarray, grid_extent: tuple[float, float],
+                    title: str) -> Image.Image:
+    """``grid`` (NaN = not scored) over ``background``; ``grid_extent`` is the grid's (width, height) in
+    the background's pixels (it may reach past its edge). A title strip and colour key go on top."""
+    base = background.convert("RGB")
+    cells = Image.fromarray(colourise(grid))
+    scored = Image.fromarray((np.isfinite(grid) * 255 * 0.55).astype(np.uint8))
+    size = (max(1, round(grid_extent[0])), max(1, round(grid_extent[1])))
+    cells = cells.resize(size, Image.Resampling.NEAREST).crop((0, 0) + base.size)
+    alpha = scored.resize(size, Image.Resampling.NEAREST).crop((0, 0) + base.size)
+    blended = Image.composite(cells, base, alpha)
+    return _with_key(blended, title)
+
+
+def _with_key(image: Image.Image, title: str) -> Image.Image:
+    font = ImageFont.load_default(size=max(12, round(image.width / 55)))
+    height = round(font.size * 2.2)
+    out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
+    out.paste(image, (0, height))
+    draw = ImageDraw.Draw(out)
+    draw.text((font.size // 2, height // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    bar_w = min(image.width // 3, 240)
+    x1 = image.width - font.size - draw.textlength("1", font=font)
+    x0 = x1 - bar_w
+    ramp = colourise(np.linspace(0, 1, bar_w))[None].repeat(font.size, axis=0)
+    out.paste(Image.fromarray(ramp), (round(x0), height // 2 - font.size // 2))
+    draw.text((x0 - 4, height // 2), "0", fill=(0, 0, 0), font=font, anchor="rm")
+    draw.text((x1 + 4, height // 2), "1", fill=(0, 0, 0), font=font, anchor="lm")
+    return out
+
+
+def regions(grid: np.ndarray, threshold: float, cell_px: float, mpp: float | None) -> list[dict[str, Any]]:
+    """Connected cells at or above ``threshold`` as polygons in level-0 pixel coordinates (cell edges),
+    largest first, with area and probabilities."""
+    above = np.isfinite(grid) & (np.nan_to_num(grid, nan=0.0) >= threshold)
+    labelled = measure.label(above, connectivity=2)
+    found = []
+    for region in measure.regionprops(labelled):
+        component = np.pad(labelled == region.label, 1).astype(np.float32)
+        outline = max(measure.find_contours(component, 0.5), key=len)
+        outline = measure.approximate_polygon(outline, tolerance=0.25)
+        # Padded (row, col) → cell-edge coordinates: the 0.5 contour runs half-way between cell centres.
+        points = [[round(float((c - 0.5) * cell_px), 1), round(float((r - 0.5) * cell_px), 1)] for r, c in outline]
+        values = grid[labelled == region.label]
+        area_px = float(region.area) * cell_px * cell_px
+        found.append({
+            "polygon": points,
+            "area_px": round(area_px),
+            "area_mm2": round(area_px * mpp * mpp / 1e6, 4) if mpp else None,
+            "max_probability": round(float(values.max()), 4),
+            "mean_probability": round(float(values.mean()), 4),
+        })
+    return sorted(found, key=lambda r: -r["area_px"])
+
+
+def polygons_geojson(found: list[dict[str, Any]], class_name: str, colour: tuple[int, int, int]) -> dict[str, Any]:
+    """A FeatureCollection QuPath imports as classified annotations (pixel units, origin top left)."""
+    features = []
+    for index, region in enumerate(found, 1):
+        ring = region["polygon"] + region["polygon"][:1]
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {
+                "objectType": "annotation",
+                "name": f"{class_name} region {index}",
+                "classification": {"name": class_name, "color": list(colour)},
+                "measurements": {k: region[k] for k in ("max_probability", "mean_probability", "area_mm2")
+                                 if region[k] is not None},
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def grid_json(grid: np.ndarray) -> list[list[float | None]]:
+    """Rows of probabilities, ``null`` where nothing was scored (JSON has no NaN)."""
+    return [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in grid]
+
+
+class SlideAnalysis:
+    """A whole-slide result: the JSON answer, a heatmap picture and a GeoJSON document."""
+
+    def __init__(self, result: dict[str, Any], heatmap: Image.Image, geojson: dict[str, Any]):
+        self.result, self.heatmap, self.geojson = result, heatmap, geojson

@@ -1,0 +1,148 @@
+"""Whole-slide jobs: submitted, followed, finished; durable across restarts and dead runners; paths confined."""
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.jobs import JobStore
+from tests.conftest import config_with, make_app
+from tests.images import pyramid_tiff, section
+
+
+def wait_for(client, job_id: str, statuses=("done", "failed"), timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").get_json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job['message']}")
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("slides")
+    pyramid_tiff(root / "section.tif", section((1024, 768), dark_square=(400, 300, 200)), mpp=0.5, levels=2)
+    (root / "cases").mkdir()
+    pyramid_tiff(root / "cases" / "other.tif", section((512, 384), seed=1), mpp=0.5, levels=1)
+    outside = root.parent / "outside.tif"
+    pyramid_tiff(outside, section((256, 256)), mpp=0.5, levels=1)
+    (root / "link.tif").symlink_to(outside)
+    return root
+
+
+@pytest.fixture(scope="module")
+def settings(slides, tmp_path_factory):
+    return config_with(models=("metastasis",), slide_root=slides, job_stale_s=2, job_attempts=2,
+                       data_dir=tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def jobs_client(settings):
+    return make_app(settings).test_client()
+
+
+def submit(client, model="metastasis", **data):
+    return client.post(f"/model/{model}/jobs", data=data, content_type="multipart/form-data")
+
+
+def test_uploaded_slide_runs_to_done_with_heatmap_geojson_and_result(jobs_client, slides):
+    response = submit(jobs_client, slide=(io.BytesIO((slides / "section.tif").read_bytes()), "section.tif"))
+    assert response.status_code == 202
+    job = response.get_json()
+    assert response.headers["Location"] == f"/jobs/{job['id']}" and job["status"] in {"queued", "running"}
+    done = wait_for(jobs_client, job["id"])
+    assert done["status"] == "done" and done["progress"] == 1.0 and done["attempts"] == 1
+    result = jobs_client.get(done["links"]["result"])
+    body = result.get_json()
+    assert result.status_code == 200 and body["slide"]["levels"] == 2 and body["slide"]["mpp"] == 0.5
+    assert body["level_read"] == 0 and body["grid"]["tissue_cells"] > 0   # 0.5 um/px is the level to read
+    heatmap = jobs_client.get(done["links"]["heatmap"])
+    assert heatmap.mimetype == "image/png" and Image.open(io.BytesIO(heatmap.data)).width == 1024
+    geojson = jobs_client.get(done["links"]["geojson"])
+    assert json.loads(geojson.data)["type"] == "FeatureCollection"
+    listed = jobs_client.get("/jobs").get_json()["jobs"]
+    assert job["id"] in [j["id"] for j in listed]
+
+
+def test_slide_named_under_the_slide_root_with_options(jobs_client):
+    response = submit(jobs_client, slide_path="cases/other.tif", threshold="0", mpp="1.0")
+    assert response.status_code == 202
+    done = wait_for(jobs_client, response.get_json()["id"])
+    body = jobs_client.get(done["links"]["result"]).get_json()
+    assert body["slide"]["mpp"] == 1.0  # the option overrode the file's 0.5
+    assert len(body["tumor_regions"]) >= 1  # threshold 0: all tissue is "above"
+
+
+@pytest.mark.parametrize("path, status", [
+    ("../outside.tif", 403), ("/etc/passwd", 403), ("link.tif", 403), ("cases/../../outside.tif", 403),
+    ("absent.tif", 404), ("cases", 404),
+])
+def test_slide_paths_are_confined_to_the_slide_root(jobs_client, path, status):
+    response = submit(jobs_client, slide_path=path)
+    assert response.status_code == status, response.get_json()
+    assert response.get_json()["status"] == "error"
+
+
+def test_bad_submissions_are_4xx(jobs_client, app):
+    assert submit(jobs_client).status_code == 400  # no slide at all
+    response = submit(jobs_client, slide=(io.BytesIO(b"definitely not a slide"), "x.svs"))
+    assert response.status_code == 415 and "x.svs" in response.get_json()["message"]
+    assert submit(jobs_client, slide=(io.BytesIO(b""), "empty.svs")).status_code == 400
+    assert submit(jobs_client, slide_path="section.tif", threshold="2").status_code == 400
+    assert submit(jobs_client, slide_path="section.tif", colour="red").status_code == 400
+    assert submit(jobs_client, model="nope", slide_path="section.tif").status_code == 404
+    client = app.test_client()  # every model; no slide root configured
+    response = submit(client, model="leukocyte", slide_path="x.svs")
+    assert response.status_code == 400 and "whole slides" in response.get_json()["message"]
+    response = submit(client, slide_path="x.svs")
+    assert response.status_code == 400 and "slide root" in response.get_json()["message"]
+
+
+def test_job_ids_and_unfinished_results(jobs_client, settings):
+    assert jobs_client.get("/jobs/not-a-job").status_code == 400
+    assert jobs_client.get("/jobs/" + "0" * 32).status_code == 404
+    assert jobs_client.get("/jobs/" + "0" * 32 + "/heatmap.png").status_code == 404
+    store = JobStore(settings.data_dir)
+    job_id = store.new_id()
+    store.create(job_id, "metastasis", Path("/nowhere.svs"), "nowhere.svs", {})
+    store.update(job_id, status="failed", message="failed: for this test")
+    response = jobs_client.get(f"/jobs/{job_id}/result")
+    assert response.status_code == 409 and "for this test" in response.get_json()["message"]
+    assert jobs_client.delete(f"/jobs/{job_id}").status_code == 200
+    assert jobs_client.get(f"/jobs/{job_id}").status_code == 404
+
+
+def test_jobs_survive_a_restart_and_dead_runners(settings, slides):
+    """Jobs written by a server that then stopped: one queued, one running with a dead runner, one that
+    already used its attempts. A new server finishes the first two and fails the third with the reason."""
+    data_dir = settings.data_dir.parent / "restart"
+    store = JobStore(data_dir)
+    options = {"mpp": 0.0, "threshold": 0.5, "tissue_only": True}
+    ids = {name: store.new_id() for name in ("queued", "orphaned", "exhausted")}
+    for name, job_id in ids.items():
+        store.create(job_id, "metastasis", slides / "cases" / "other.tif", "other.tif", options)
+    for name, attempts in (("orphaned", 0), ("exhausted", 1)):
+        with sqlite3.connect(data_dir / "jobs.sqlite") as db:  # as a runner that died mid-job leaves them
+            db.execute("UPDATE jobs SET status = 'running', attempts = ?, heartbeat = 0, worker = 'gone:1' "
+                       "WHERE id = ?", (attempts + 1, ids[name]))
+    client = make_app(config_with(models=("metastasis",), data_dir=data_dir, job_stale_s=2, job_attempts=2)
+                      ).test_client()
+    assert wait_for(client, ids["queued"])["status"] == "done"
+    orphaned = wait_for(client, ids["orphaned"])
+    assert orphaned["status"] == "done" and orphaned["attempts"] == 2
+    exhausted = wait_for(client, ids["exhausted"])
+    assert exhausted["status"] == "failed" and "stopped responding" in exhausted["message"]
+
+
+def test_unwritable_data_dir_is_a_clear_start_up_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the data dir should be")
+    with pytest.raises(SystemExit, match="MMAX_DATA_DIR"):
+        JobStore(blocker / "data")
