@@ -1,7 +1,8 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    TF_CPP_MIN_LOG_LEVEL=2 PROMETHEUS_MULTIPROC_DIR=/tmp/mmax-metrics
+    TF_CPP_MIN_LOG_LEVEL=2 PROMETHEUS_MULTIPROC_DIR=/tmp/mmax-metrics \
+    MMAX_DATA_DIR=/var/lib/microscopy-max
 
 WORKDIR /app
 COPY requirements.txt .
@@ -13,7 +14,9 @@ COPY api/ api/
 COPY core/ core/
 COPY assets/ assets/
 
-RUN useradd --create-home --uid 10001 mmax
+# The job database and job folders (uploaded slides, heatmaps) live on a volume that outlives the container.
+RUN useradd --create-home --uid 10001 mmax && mkdir -p /var/lib/microscopy-max && chown mmax /var/lib/microscopy-max
+VOLUME /var/lib/microscopy-max
 USER mmax
 
 EXPOSE 5000

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test train-leukocyte train-chromosome chromosome-study clean
+.PHONY: run dev test train-leukocyte train-chromosome train-metastasis chromosome-study clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared 
 
 train-chromosome: $(BIN)/activate  ## reproduce assets/chromosome (leave-one-spread-out cross-validation)
 	$(BIN)/python -m core.training chromosome --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS) --mode ft --epochs 25 --patience 6 --folds 6 --cross-validate
+
+train-metastasis: $(BIN)/activate  ## reproduce assets/metastasis (PatchCamelyon; its valid split is the test)
+	$(BIN)/python -m core.training metastasis --data $(DATA)/metastasis/pcam --weights $(WEIGHTS) --mode ft --epochs 30 --patience 6 --input 'network_input=[144,144,3]'
 
 chromosome-study: $(BIN)/activate  ## the crop-classifier comparison table (bench/chromosome_study.md)
 	$(BIN)/python -m bench.chromosome_study --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.jobs import JobStore
-from tests.conftest import config_with, make_app
+from tests.conftest import SVS, config_with, make_app, needs
 from tests.images import pyramid_tiff, section
 
 
@@ -146,3 +146,15 @@ def test_unwritable_data_dir_is_a_clear_start_up_error(tmp_path):
     blocker.write_text("a file where the data dir should be")
     with pytest.raises(SystemExit, match="MMAX_DATA_DIR"):
         JobStore(blocker / "data")
+
+
+@needs(SVS)
+def test_real_aperio_slide_as_an_uploaded_job(jobs_client):
+    response = submit(jobs_client, slide=(io.BytesIO(SVS.read_bytes()), SVS.name))
+    assert response.status_code == 202
+    done = wait_for(jobs_client, response.get_json()["id"])
+    assert done["status"] == "done", done["message"]
+    body = jobs_client.get(done["links"]["result"]).get_json()
+    assert body["slide"]["vendor"] == "aperio" and body["slide"]["mpp"] == pytest.approx(0.499)
+    assert (body["grid"]["rows"], body["grid"]["cols"]) == (48, 36)  # 2967x2220 px at 0.499 um/px: 47.6x35.6 cells of 31 um
+    assert 0.2 < body["grid"]["tissue_cells"] / (48 * 36) < 0.8
