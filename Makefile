@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test train-leukocyte train-chromosome train-metastasis chromosome-study clean
+.PHONY: run dev test bench train-leukocyte train-chromosome train-metastasis chromosome-study clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ dev: $(BIN)/activate  ## Flask's development server
 
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json)
+	$(BIN)/python -m bench.serving
 
 train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data
 	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --epochs 40 --cross-validate

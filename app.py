@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 from flask import Flask
 
@@ -18,6 +19,7 @@ def create_app(config: Config | None = None) -> Flask:
     from PIL import Image
 
     from api import build_api
+    from api.metrics import observe_batch
     from core.jobs import JobRunner, JobStore
     from core.registry import ModelRegistry
 
@@ -28,6 +30,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes, MMAX=config, ERROR_404_HELP=False,
                       RESTX_MASK_SWAGGER=False, SWAGGER_UI_DOC_EXPANSION="list")
     registry = ModelRegistry(config.assets_dir, config.models)
+    for model_id, model in registry.models.items():
+        model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id))
     app.extensions["mmax_registry"] = registry
     jobs = JobRunner(JobStore(config.data_dir), registry, config.job_stale_s, config.job_attempts)
     app.extensions["mmax_jobs"] = jobs

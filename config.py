@@ -43,6 +43,11 @@ class Config:
     cors: bool = False
     api_key: str | None = None
     log_level: str = "INFO"
+    # Inference: "auto" (ONNX Runtime where it agrees with TensorFlow), "onnx" or "tensorflow"; concurrent
+    # requests share forward passes of up to batch_max images, waiting at most batch_wait_ms for company.
+    runtime: str = "auto"
+    batch_max: int = 32
+    batch_wait_ms: int = 2
     # Whole-slide jobs: the SQLite queue and job folders live in data_dir; a job may name a slide by a
     # path relative to slide_root (none: uploads only).
     data_dir: Path = ROOT / "var"
@@ -54,6 +59,9 @@ class Config:
     @classmethod
     def from_env(cls) -> "Config":
         models = _env("MODELS", "all").strip()
+        runtime = _env("RUNTIME", "auto")
+        if runtime not in {"auto", "onnx", "tensorflow"}:
+            raise SystemExit(f"setting MMAX_RUNTIME must be auto, onnx or tensorflow, not '{runtime}'")
         return cls(
             host=_env("HOST", "0.0.0.0"),
             port=_env_int("PORT", 5000),
@@ -67,6 +75,9 @@ class Config:
             cors=_env_bool("CORS", False),
             api_key=_env("API_KEY", "") or None,
             log_level=_env("LOG_LEVEL", "INFO"),
+            runtime=runtime,
+            batch_max=_env_int("BATCH_MAX", 32),
+            batch_wait_ms=_env_int("BATCH_WAIT_MS", 2),
             data_dir=Path(_env("DATA_DIR", str(ROOT / "var"))),
             slide_root=Path(_env("SLIDE_ROOT", "")) if _env("SLIDE_ROOT", "") else None,
             max_slide_bytes=_env_int("MAX_SLIDE_BYTES", 8 * 1024**3),

@@ -26,10 +26,19 @@ LATENCY = Histogram("mmax_request_seconds", "time to answer an HTTP request", ["
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 INFERENCE = Histogram("mmax_inference_seconds", "time inside a model's predict (decode excluded)", ["model"],
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+BATCH_IMAGES = Histogram("mmax_batch_images", "images in one forward pass (micro-batching)", ["model"],
+                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_REQUESTS = Histogram("mmax_batch_requests", "requests sharing one forward pass (micro-batching)", ["model"],
+                           buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 
 
 def observe_inference(model_id: str, seconds: float) -> None:
     INFERENCE.labels(model=model_id).observe(seconds)
+
+
+def observe_batch(model_id: str, images: int, requests: int) -> None:
+    BATCH_IMAGES.labels(model=model_id).observe(images)
+    BATCH_REQUESTS.labels(model=model_id).observe(requests)
 
 
 def install(app: Flask, known_models: set[str]) -> None:

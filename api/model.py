@@ -55,6 +55,7 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
         meta = model.spec.public_metadata()
         meta["options"] = [option.describe() for option in model.declared_options()]
         meta["status"] = registry.state[model_id]
+        meta["runtime"] = model.runtime
         return meta
 
     @ns.route("/metadata")
@@ -105,10 +106,11 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
             options = parse_options(model.declared_options(), given, ignore=set(request.files))
             uploads = {name: storage.read() for name, storage in request.files.items()}
             model = registry.get_ready(model_id)
-            inputs = model.read_inputs(uploads, current_app.config["MMAX"].max_image_pixels)
-            started = time.perf_counter()
-            result = model.predict(inputs, options)
-            observe_inference(model_id, time.perf_counter() - started)
+            with model.serving():
+                inputs = model.read_inputs(uploads, current_app.config["MMAX"].max_image_pixels)
+                started = time.perf_counter()
+                result = model.predict(inputs, options)
+                observe_inference(model_id, time.perf_counter() - started)
             if options.get("format") == "png":
                 png = encode_png(model.render(inputs, result))
                 return send_file(io.BytesIO(png), mimetype="image/png", download_name=f"{model_id}.png")

@@ -32,6 +32,7 @@ metadata = Model("ModelMetadata", {
     "training": fields.Raw(description="how the shipped weights were trained"),
     "options": fields.List(fields.Nested(option), description="fields accepted by /predict"),
     "status": fields.String(description="loading, ready or failed"),
+    "runtime": fields.String(description="onnx or tensorflow once loaded (setting MMAX_RUNTIME)"),
 })
 
 metadata_list = Model("ModelMetadataList", {"models": fields.List(fields.Nested(metadata))})

@@ -5,11 +5,11 @@ A model module (``core/models/<id>.py``) subclasses :class:`MicroscopyModel`, fi
 """
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -48,7 +48,8 @@ class MicroscopyModel(ABC):
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.network = None
-        self._lock = threading.Lock()
+        self.runtime: str | None = None  # "onnx" or "tensorflow" once loaded
+        self._forward = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -58,11 +59,28 @@ class MicroscopyModel(ABC):
         help_text = "; ".join(f"{name}: {FORMAT_HELP[name]}" for name in cls.formats)
         return (Option("format", str, "json", help_text, choices=cls.formats),) + cls.options
 
+    def configure(self, runtime: str = "auto", max_batch: int = 32, max_wait_ms: float = 2.0,
+                  on_batch: Callable[[int, int], None] | None = None) -> None:
+        """Serving settings, applied at :meth:`load`: see core.runtime and core.batching."""
+        self._serving = {"runtime": runtime, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "on_batch": on_batch}
+
     def load(self) -> None:
         verify_weights(self.spec)
         import keras  # imported here so that importing a model module stays cheap
 
-        self.network = keras.saving.load_model(self.spec.weights_path, compile=False)
+        self.use_network(keras.saving.load_model(self.spec.weights_path, compile=False))
+
+    def use_network(self, network) -> None:
+        """Serve ``network``: build its fast forward pass and, if configured, its micro-batcher."""
+        from core.batching import MicroBatcher
+        from core.runtime import build_forward
+
+        settings = getattr(self, "_serving", {"runtime": "auto", "max_batch": 1})
+        self.runtime, forward = build_forward(network, settings["runtime"])
+        if settings["max_batch"] > 1:
+            forward = MicroBatcher(forward, settings["max_batch"], settings["max_wait_ms"] / 1000, self.spec.id,
+                                   settings.get("on_batch"))
+        self.network, self._forward = network, forward
 
     def warm_up(self) -> None:
         """One real call on a synthetic image, so the first client does not pay for graph tracing."""
@@ -83,6 +101,11 @@ class MicroscopyModel(ABC):
         batch, context = self.preprocess(inputs, options)
         outputs = self.run_network(batch)
         return self.postprocess(outputs, context, options)
+
+    def serving(self) -> ContextManager[None]:
+        """Around one request: lets the micro-batcher know a forward call may come (see core.batching)."""
+        expecting = getattr(self._forward, "expecting", None)
+        return expecting() if expecting else nullcontext()
 
     @abstractmethod
     def preprocess(self, inputs: Any, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
@@ -107,12 +130,9 @@ class MicroscopyModel(ABC):
             raise RuntimeError(f"model '{self.spec.id}' is not loaded")
         if len(batch) == 0:
             return np.zeros((0,) + tuple(self.network.output_shape[1:]), dtype=np.float32)
-        chunks = []
-        step = self.batch_size * (8 if self.uses_tta else 1)
-        with self._lock:  # one network call at a time per model: Keras models are not re-entrant
-            for start in range(0, len(batch), step):
-                chunks.append(np.asarray(self.network(batch[start:start + step], training=False)))
-        return np.concatenate(chunks)
+        step = self.batch_size * (8 if self.uses_tta else 1)  # bounds the memory of one forward pass
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return np.concatenate([self._forward(batch[start:start + step]) for start in range(0, len(batch), step)])
 
     def render(self, inputs: Any, result: dict[str, Any]) -> Image.Image:
         """``format=png``: the uploaded image with the predictions drawn."""

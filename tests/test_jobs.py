@@ -156,5 +156,6 @@ def test_real_aperio_slide_as_an_uploaded_job(jobs_client):
     assert done["status"] == "done", done["message"]
     body = jobs_client.get(done["links"]["result"]).get_json()
     assert body["slide"]["vendor"] == "aperio" and body["slide"]["mpp"] == pytest.approx(0.499)
-    assert (body["grid"]["rows"], body["grid"]["cols"]) == (48, 36)  # 2967x2220 px at 0.499 um/px: 47.6x35.6 cells of 31 um
+    # 2967x2220 px at 0.499 um/px are 47.6x35.6 cells of 31 um
+    assert (body["grid"]["rows"], body["grid"]["cols"]) == (48, 36)
     assert 0.2 < body["grid"]["tissue_cells"] / (48 * 36) < 0.8

@@ -23,7 +23,7 @@ def free_port() -> int:
 def test_gunicorn_serves_predictions_and_metrics_from_two_workers(tmp_path: Path):
     port = free_port()
     env = {**os.environ, "MMAX_HOST": "127.0.0.1", "MMAX_PORT": str(port), "MMAX_WORKERS": "2",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "MMAX_DATA_DIR": str(tmp_path / "data")}
     gunicorn = Path(sys.executable).with_name("gunicorn")
     server = subprocess.Popen([str(gunicorn), "app:create_app()"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

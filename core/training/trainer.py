@@ -117,7 +117,7 @@ def _evaluate(model, network, test: Arrays, settings: TrainSettings) -> dict[str
         per_group = f"; per-group accuracy {report['group_accuracy']:.4f}" if "group_accuracy" in report else ""
         print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['examples']} examples of "
               f"{report['groups']} held-out groups{per_group}", flush=True)
-    model.network = network  # the serving code path, on the held-out groups' whole images
+    model.use_network(network)  # the serving code path, on the held-out groups' whole images
     detection = model.evaluate_detection(settings.data, set(test.groups))
     if detection is not None:
         reports["detection"] = detection
