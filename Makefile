@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test bench train-leukocyte train-chromosome train-metastasis chromosome-study clean
+.PHONY: run dev test bench loadtest train-leukocyte train-chromosome train-metastasis chromosome-study clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(BIN)/activate
 
 bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json)
 	$(BIN)/python -m bench.serving
+
+loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
+	$(BIN)/python -m bench.loadtest
 
 train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data
 	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --epochs 40 --cross-validate

@@ -6,6 +6,7 @@ from flask_restx import Api
 
 from api import health, jobs, metrics, model
 from api.errors import register_error_handlers
+from api import security
 from api.security import AUTHORIZATIONS
 from core.jobs import JobRunner
 from core.registry import ModelRegistry
@@ -16,11 +17,13 @@ def build_api(app: Flask, registry: ModelRegistry, runner: JobRunner) -> Api:
               description="Microscopy models as one REST service. Every model answers the same routes: "
                           "list them with GET /model/metadata, run one with POST /model/{id}/predict; "
                           "whole slides go to POST /model/{id}/jobs and are followed at /jobs/{job_id}.",
-              doc="/", authorizations=AUTHORIZATIONS)
+              doc="/", authorizations=AUTHORIZATIONS,
+              security="apikey" if app.config["MMAX"].api_key else None)
     api.add_namespace(model.create_namespace(registry, runner), path="/model")
     api.add_namespace(jobs.create_namespace(runner), path="/jobs")
     api.add_namespace(health.create_namespace(registry), path="/health")
     api.add_namespace(metrics.ns, path="/metrics")
     register_error_handlers(app, api)
+    security.install(app, app.config["MMAX"].api_key)
     metrics.install(app, set(registry.models))
     return api

@@ -16,6 +16,11 @@ def error_body(message: str) -> dict[str, str]:
     return {"status": "error", "message": message}
 
 
+def _http_headers(exc: HTTPException) -> dict[str, str]:
+    """The exception's own headers (e.g. ``Allow`` on a 405), without its HTML content type."""
+    return {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+
+
 def _http_message(exc: HTTPException) -> str:
     if exc.code == 413:
         from flask import request
@@ -31,7 +36,7 @@ def register_error_handlers(app: Flask, api: Api) -> None:
 
     @api.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        return error_body(_http_message(exc)), exc.code
+        return error_body(_http_message(exc)), exc.code, _http_headers(exc)
 
     @api.errorhandler(Exception)
     def _unexpected(exc: Exception):
@@ -41,4 +46,4 @@ def register_error_handlers(app: Flask, api: Api) -> None:
     # Outside the API's routes (unknown URL, wrong method on a static page) Flask answers; same shape.
     @app.errorhandler(HTTPException)
     def _flask_http_error(exc: HTTPException):
-        return error_body(_http_message(exc)), exc.code
+        return error_body(_http_message(exc)), exc.code, _http_headers(exc)

@@ -11,14 +11,14 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
     ns = Namespace("health", description="Liveness and readiness probes")
     ns.add_model(schemas.health.name, schemas.health)
 
-    @ns.route("/live")
+    @ns.route("/live", doc={"security": []})
     class Live(Resource):
         @ns.response(200, "the process serves requests", schemas.health)
         def get(self):
             """200 while the process serves requests."""
             return {"status": "ok"}
 
-    @ns.route("/ready")
+    @ns.route("/ready", doc={"security": []})
     class Ready(Resource):
         @ns.response(200, "every enabled model answered its warm-up call", schemas.health)
         @ns.response(503, "some model is loading or failed", schemas.health)

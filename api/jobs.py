@@ -12,12 +12,13 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from api import schemas
-from api.security import require_api_key
 from core.errors import ClientError
 from core.jobs import RESULT_FILES, JobNotDone, JobRunner
 from core.options import parse_options
 from core.registry import ModelRegistry
 
+JOB_ID_PATTERN = "^[0-9a-f]{32}$"
+JOB_ID_HELP = "the id answered by POST /model/{id}/jobs (32 hexadecimal characters)"
 MIMETYPES = {"result": "application/json", "heatmap": "image/png", "geojson": "application/geo+json"}
 
 
@@ -117,7 +118,6 @@ def create_namespace(runner: JobRunner) -> Namespace:
 
     @ns.route("")
     class JobList(Resource):
-        method_decorators = [require_api_key]
 
         @ns.response(200, "the most recent jobs, newest first", schemas.job_list)
         def get(self):
@@ -125,13 +125,13 @@ def create_namespace(runner: JobRunner) -> Namespace:
             return {"jobs": [job_json(job) for job in store.recent(100)]}
 
     @ns.route("/<string:job_id>")
-    @ns.param("job_id", "the id answered by POST /model/{id}/jobs")
+    @ns.param("job_id", JOB_ID_HELP, pattern=JOB_ID_PATTERN)
+    @ns.response(400, "malformed job id", schemas.error)
+    @ns.response(401, "API key missing or wrong", schemas.error)
+    @ns.response(404, "no such job", schemas.error)
     class Job(Resource):
-        method_decorators = [require_api_key]
 
         @ns.response(200, "status and progress", schemas.job)
-        @ns.response(400, "malformed job id", schemas.error)
-        @ns.response(404, "no such job", schemas.error)
         def get(self, job_id: str):
             """A job's status (queued, running, done, failed), progress 0-1 and links to its results."""
             return job_json(store.get(job_id))
@@ -146,13 +146,15 @@ def create_namespace(runner: JobRunner) -> Namespace:
 
     def result_route(key: str, url: str) -> None:
         @ns.route(f"/<string:job_id>/{url}", endpoint=f"job_{key}")
-        @ns.param("job_id", "the id answered by POST /model/{id}/jobs")
+        @ns.param("job_id", JOB_ID_HELP, pattern=JOB_ID_PATTERN)
+        @ns.response(400, "malformed job id", schemas.error)
+        @ns.response(401, "API key missing or wrong", schemas.error)
+        @ns.response(404, "no such job", schemas.error)
+        @ns.response(409, "not done (yet)", schemas.error)
         class Result(Resource):
-            method_decorators = [require_api_key]
 
+            @ns.produces(sorted({MIMETYPES[key], "application/json"}))  # errors are JSON
             @ns.response(200, f"the job's {key} ({MIMETYPES[key]})")
-            @ns.response(404, "no such job", schemas.error)
-            @ns.response(409, "not done (yet)", schemas.error)
             def get(self, job_id: str):
                 job = store.get(job_id)
                 if job["status"] != "done":

@@ -67,6 +67,8 @@ ns = Namespace("metrics", description="Prometheus metrics")
 
 @ns.route("")
 class Metrics(Resource):
+    @ns.produces([CONTENT_TYPE_LATEST.split(";")[0]])
+    @ns.response(200, "Prometheus text exposition format")
     def get(self):
         """Prometheus text format: requests, latency histogram, errors and inference time per model."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -3,18 +3,25 @@ from __future__ import annotations
 
 from flask_restx import Model, fields
 
+
+class AnyValue(fields.Raw):
+    """A value of any JSON type (flask-restx's Raw documents itself as an object)."""
+
+    __schema_type__ = None
+
+
 error = Model("Error", {
     "status": fields.String(example="error"),
     "message": fields.String(description="what was wrong, in words"),
 })
 
-label = Model("Label", {"id": fields.Raw(description="the model's class id"), "name": fields.String()})
+label = Model("Label", {"id": AnyValue(description="the model's class id"), "name": fields.String()})
 
 labels = Model("Labels", {"count": fields.Integer(), "labels": fields.List(fields.Nested(label))})
 
 option = Model("Option", {
-    "name": fields.String(), "type": fields.String(), "default": fields.Raw(), "help": fields.String(),
-    "choices": fields.List(fields.Raw), "range": fields.List(fields.Float),
+    "name": fields.String(), "type": fields.String(), "default": AnyValue(), "help": fields.String(),
+    "choices": fields.List(AnyValue), "range": fields.List(AnyValue, description="[minimum, maximum]; null: open"),
 })
 
 metadata = Model("ModelMetadata", {

@@ -1,25 +1,29 @@
-"""Optional API key: when configured, model routes need it in the ``X-API-Key`` header."""
+"""Optional API key: when configured, every route but health probes and the docs needs ``X-API-Key``."""
 from __future__ import annotations
 
 import hmac
-from functools import wraps
-from typing import Callable
 
-from flask import current_app, request
+from flask import Flask, request
 
 from api.errors import error_body
 
 AUTHORIZATIONS = {"apikey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+# Orchestrators probe health without secrets; the Swagger UI and its document carry no data.
+OPEN_PATHS = ("/health/", "/swaggerui/")
+OPEN_EXACT = {"/", "/swagger.json"}
 
 
-def require_api_key(view: Callable) -> Callable:
-    @wraps(view)
-    def checked(*args, **kwargs):
-        expected = current_app.config["MMAX"].api_key
+def install(app: Flask, api_key: str | None) -> None:
+    if not api_key:
+        return
+    expected = api_key.encode()
+
+    @app.before_request
+    def _check_api_key():
+        if request.path in OPEN_EXACT or request.path.startswith(OPEN_PATHS):
+            return None
         given = request.headers.get("X-API-Key", "")
-        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+        if not hmac.compare_digest(given.encode(), expected):  # constant time: no guessing by timing
             reason = "missing" if not given else "wrong"
             return error_body(f"{reason} API key: send it in the X-API-Key header"), 401
-        return view(*args, **kwargs)
-
-    return checked
+        return None

@@ -24,6 +24,7 @@ from core.errors import ClientError
 log = logging.getLogger(__name__)
 
 JOB_ID_LENGTH = 32  # uuid4 hex
+UPDATABLE = {"status", "progress", "message"}
 RESULT_FILES = {"result": "result.json", "heatmap": "heatmap.png", "geojson": "regions.geojson"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -117,12 +118,17 @@ class JobStore:
         return self.get(row["id"])
 
     def update(self, job_id: str, **fields: Any) -> None:
+        unknown = set(fields) - UPDATABLE
+        if unknown:
+            raise ValueError(f"not job columns that can change: {', '.join(sorted(unknown))}")
         fields["updated"] = time.time()
         if fields.get("status", "running") == "running":
             fields["heartbeat"] = fields["updated"]
         names = ", ".join(f"{name} = ?" for name in fields)
         with closing(self._connect()) as db:
-            db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))  # nosec B608: names are ours
+            # B608 reviewed: column names are checked against UPDATABLE (never a client's text); values are
+            # bound parameters.
+            db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))  # nosec B608
 
     def recover(self, stale_s: float, max_attempts: int) -> int:
         """Jobs whose runner stopped beating: back to the queue, or failed once out of attempts."""

@@ -76,3 +76,7 @@ def test_api_key_when_configured():
                         data={"image": (io.BytesIO(GOOD), "a.png")}, content_type="multipart/form-data")
     assert right.status_code == 200
     assert client.get("/health/ready").status_code == 200  # probes stay open for orchestrators
+    assert client.get("/swagger.json").status_code == 200 and client.get("/").status_code == 200  # the docs too
+    for closed in ("/model/metadata", "/model/leukocyte/labels", "/metrics", "/jobs", "/jobs/" + "0" * 32):
+        assert client.get(closed).status_code == 401, closed
+        assert client.get(closed, headers={"X-API-Key": "s3cret"}).status_code in {200, 404}, closed

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+from PIL import Image
 
 from config import ROOT
-from tests.images import encode, smear
+from tests.images import encode, pyramid_tiff, section, smear
 
 
 def free_port() -> int:
@@ -20,35 +23,91 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_gunicorn_serves_predictions_and_metrics_from_two_workers(tmp_path: Path):
+def start_gunicorn(tmp_path: Path, workers: int, **settings: str) -> tuple[subprocess.Popen, str]:
+    """gunicorn as `make run` starts it, on a free loopback port, ready; returns the process and base URL."""
     port = free_port()
-    env = {**os.environ, "MMAX_HOST": "127.0.0.1", "MMAX_PORT": str(port), "MMAX_WORKERS": "2",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "MMAX_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "MMAX_HOST": "127.0.0.1", "MMAX_PORT": str(port), "MMAX_WORKERS": str(workers),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "MMAX_DATA_DIR": str(tmp_path / "data"),
+           **{f"MMAX_{key.upper()}": value for key, value in settings.items()}}
     gunicorn = Path(sys.executable).with_name("gunicorn")
-    server = subprocess.Popen([str(gunicorn), "app:create_app()"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    server = subprocess.Popen([str(gunicorn), "app:create_app()"], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        try:
+            if requests.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                return server, base
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    server.terminate()
+    raise AssertionError("gunicorn did not become ready")
+
+
+def worker_pids(master: int) -> set[int]:
+    pids = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"PPid:\t{master}\n" in status.read_text():
+                pids.add(int(status.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_gunicorn_serves_predictions_and_metrics_from_two_workers(tmp_path: Path):
+    server, base = start_gunicorn(tmp_path, workers=2)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stdout.read().decode()[-3000:]
-            try:
-                if requests.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        else:
-            raise AssertionError("gunicorn did not become ready")
         for _ in range(4):  # spread over both workers
             response = requests.post(f"{base}/model/leukocyte/predict", files={"image": encode(smear())}, timeout=60)
             assert response.status_code == 200 and response.json()["status"] == "ok"
         bad = requests.post(f"{base}/model/leukocyte/predict", files={"image": b"not an image"}, timeout=60)
         assert bad.status_code == 415
         metrics = requests.get(f"{base}/metrics", timeout=10).text
-        line = next(l for l in metrics.splitlines()
-                    if l.startswith("mmax_requests_total{") and 'status="200"' in l and "predict" in l)
+        line = next(row for row in metrics.splitlines()
+                    if row.startswith("mmax_requests_total{") and 'status="200"' in row and "predict" in row)
         assert float(line.rsplit(" ", 1)[1]) >= 4  # every worker's requests are counted
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_killed_workers_are_replaced_and_their_jobs_are_not_lost(tmp_path: Path):
+    """kill -9 the worker that runs a whole-slide job: gunicorn starts a new worker, later requests
+    succeed, and the job is re-queued by a live runner and finishes."""
+    slide = tmp_path / "big.tif"
+    pyramid_tiff(slide, section((4096, 3072)), mpp=0.25, levels=3)
+    server, base = start_gunicorn(tmp_path, workers=2, models="metastasis", job_stale_s="3")
+    try:
+        with open(slide, "rb") as handle:
+            job = requests.post(f"{base}/model/metastasis/jobs", files={"slide": ("big.tif", handle)},
+                                timeout=60).json()
+        deadline = time.monotonic() + 120
+        while (state := requests.get(f"{base}/jobs/{job['id']}", timeout=10).json())["status"] != "running":
+            assert time.monotonic() < deadline, state
+            time.sleep(0.1)
+        with sqlite3.connect(tmp_path / "data" / "jobs.sqlite") as db:
+            worker = db.execute("SELECT worker FROM jobs WHERE id = ?", (job["id"],)).fetchone()[0]
+        victim = int(worker.split(":")[1])
+        before = worker_pids(server.pid)
+        assert victim in before
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 240
+        while True:
+            state = requests.get(f"{base}/jobs/{job['id']}", timeout=30).json()
+            if state["status"] in {"done", "failed"}:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert state["status"] == "done" and state["attempts"] == 2, state
+        assert victim not in worker_pids(server.pid) and len(worker_pids(server.pid)) == 2  # replaced
+        patch = Image.new("RGB", (96, 96), (200, 120, 180))
+        for _ in range(4):
+            response = requests.post(f"{base}/model/metastasis/predict", files={"image": encode(patch)}, timeout=120)
+            assert response.status_code == 200
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -76,7 +76,8 @@ def three_way_split(arrays: Arrays, folds: int, fold: int, val_fraction: float, 
     n_val_folds = max(2, min(round(1 / val_fraction), fewest_groups))
     train, val = grouped_split(rest_y, rest_groups, n_val_folds, 0, seed + 1)
     split = {"train": rest[train], "val": rest[val], "test": test}
-    assert not (set(arrays.groups[split["train"]]) & set(arrays.groups[split["test"]]))
+    if set(arrays.groups[split["train"]]) & set(arrays.groups[split["test"]]):
+        raise RuntimeError("a group is in both the training and the test split")
     return split
 
 
