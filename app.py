@@ -45,6 +45,20 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
+def preflight(config: Config) -> None:
+    """Check the assets and the data dir once, before any worker starts (gunicorn's on_starting): a bad
+    setting stops the server with one line naming it, instead of workers failing to boot in a loop."""
+    from core.errors import AssetError
+    from core.jobs import JobStore
+    from core.registry import ModelRegistry
+
+    try:
+        ModelRegistry(config.assets_dir, config.models)
+    except AssetError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
+    JobStore(config.data_dir)
+
+
 if __name__ == "__main__":
     settings = Config.from_env()
     create_app(settings).run(host=settings.host, port=settings.port, threaded=True)

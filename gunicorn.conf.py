@@ -18,6 +18,9 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempd
 
 
 def on_starting(server):
+    from app import preflight
+
+    preflight(_config)  # a missing asset or unusable data dir: one clear line, and no worker boot loop
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(directory, ignore_errors=True)  # counts from a previous run would be added in
     os.makedirs(directory, exist_ok=True)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from PIL import Image
 
@@ -111,3 +112,21 @@ def test_killed_workers_are_replaced_and_their_jobs_are_not_lost(tmp_path: Path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("setting, value, words", [
+    ("DATA_DIR", "{blocker}/data", "MMAX_DATA_DIR"),
+    ("ASSETS_DIR", "{tmp}/no-assets", "no-assets"),
+])
+def test_bad_settings_stop_gunicorn_with_one_clear_line(tmp_path: Path, setting, value, words):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    if setting == "ASSETS_DIR":
+        (tmp_path / "no-assets" / "leukocyte").mkdir(parents=True)
+        (tmp_path / "no-assets" / "leukocyte" / "model.json").write_text(
+            '{"id": "leukocyte", "name": "x", "labels": [], "weights": {"file": "gone.keras"}}')
+    env = {**os.environ, "MMAX_PORT": str(free_port()), "MMAX_DATA_DIR": str(tmp_path / "data"),
+           f"MMAX_{setting}": value.format(blocker=blocker, tmp=tmp_path)}
+    run = subprocess.run([str(Path(sys.executable).with_name("gunicorn")), "app:create_app()"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and words in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
