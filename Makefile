@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test bench loadtest train-leukocyte train-chromosome train-metastasis chromosome-study clean
+.PHONY: run dev test bench loadtest train-leukocyte train-chromosome train-metastasis train-protein chromosome-study clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ train-chromosome: $(BIN)/activate  ## reproduce assets/chromosome (leave-one-spr
 
 train-metastasis: $(BIN)/activate  ## reproduce assets/metastasis (PatchCamelyon; its valid split is the test)
 	$(BIN)/python -m core.training metastasis --data $(DATA)/metastasis/pcam --weights $(WEIGHTS) --mode ft --epochs 30 --patience 6 --input 'network_input=[144,144,3]'
+
+train-protein: $(BIN)/activate  ## reproduce assets/protein (5-fold cross-validation over HPA fields)
+	$(BIN)/python -m core.training protein --data $(DATA)/protein --weights $(WEIGHTS) --mode ft --epochs 40 --patience 8 --cross-validate
 
 chromosome-study: $(BIN)/activate  ## the crop-classifier comparison table (bench/chromosome_study.md)
 	$(BIN)/python -m bench.chromosome_study --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS)

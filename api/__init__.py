@@ -4,9 +4,8 @@ from __future__ import annotations
 from flask import Flask
 from flask_restx import Api
 
-from api import health, jobs, metrics, model
+from api import health, jobs, metrics, model, security
 from api.errors import register_error_handlers
-from api import security
 from api.security import AUTHORIZATIONS
 from core.jobs import JobRunner
 from core.registry import ModelRegistry

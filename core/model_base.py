@@ -44,6 +44,8 @@ class MicroscopyModel(ABC):
     batch_size: int = 32
     #: training augmentation: how free rotations fill the corners ("constant" black, or "reflect" tissue)
     rotation_fill: str = "constant"
+    #: several labels per example (sigmoid outputs, trained by core.training.multilabel)
+    multi_label: bool = False
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec

@@ -87,3 +87,20 @@ def pyramid_tiff(path, rgb: np.ndarray, mpp: float, levels: int = 3) -> None:
                       resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER",
                       subfiletype=1 if index else 0)  # reduced-resolution pages are the pyramid's levels
             level = np.asarray(Image.fromarray(level).reduce(2))
+
+
+def hpa_field(size=(256, 256), cells=((80, 90), (180, 160)), radius=40, dtype=np.uint8) -> dict[str, Image.Image]:
+    """A 4-channel HPA-like field as four greyscale images: per cell a bright nucleus (blue), a cell body
+    (red microtubules, yellow ER) and protein (green) in the nucleus only."""
+    height, width = size[1], size[0]
+    yy, xx = np.mgrid[:height, :width]
+    planes = {name: np.zeros((height, width), np.float32) for name in ("red", "green", "blue", "yellow")}
+    for cx, cy in cells:
+        r2 = (xx - cx) ** 2 + (yy - cy) ** 2
+        planes["blue"] += (r2 < (radius // 2) ** 2) * 0.8
+        planes["green"] += (r2 < (radius // 2) ** 2) * 0.6
+        planes["red"] += (r2 < radius ** 2) * 0.4
+        planes["yellow"] += (r2 < radius ** 2) * 0.3
+    top = 65535 if dtype == np.uint16 else 255
+    mode = "I;16" if dtype == np.uint16 else "L"
+    return {name: Image.fromarray((np.clip(p, 0, 1) * top).astype(dtype), mode=mode) for name, p in planes.items()}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.images import encode, smear
 
-MODELS = ("leukocyte", "chromosome", "metastasis")
+MODELS = ("leukocyte", "chromosome", "metastasis", "protein")
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -73,17 +73,19 @@ def check(response, expected: int | None) -> None:
 @pytest.mark.parametrize("case", UPLOADS)
 def test_uploads(client, model, case):
     content, expected = UPLOADS[case]
+    if model == "protein" and expected is None and case != "rgba png":
+        expected = 400  # a valid image, but not four channels
     check(post(client, model, {"image": content}), expected)
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_fields_and_options(client, model):
-    good = encode(smear())
+    good = encode(smear().convert("RGBA") if model == "protein" else smear())
     check(post(client, model, {"picture": good}), 400)                          # wrong field name
     check(post(client, model, {"image": good}, format="x" * 500_000), 400)      # a huge form field
     check(post(client, model, {"image": good}, **{"x" * 300: "1"}), 400)        # a huge unknown field name
     check(post(client, model, {"image": good}, format="nan"), 400)
-    numeric = {"leukocyte": "scale", "metastasis": "mpp"}.get(model)
+    numeric = {"leukocyte": "scale", "metastasis": "mpp", "protein": "threshold_scale"}.get(model)
     if numeric:
         for value in ("nan", "-1", "1e309", "inf", "", "0x10"):
             check(post(client, model, {"image": good}, **{numeric: value}), 400)

@@ -64,7 +64,14 @@ def main(argv: list[str] | None = None) -> None:
         input_overrides=dict(_key_value(item) for item in args.input),
         command="python -m core.training " + shlex.join(argv if argv is not None else sys.argv[1:]),
     )
-    (cross_validate if args.cross_validate else train)(settings)
+    from core.registry import model_class
+
+    if model_class(args.model_id).multi_label:
+        from core.training.multilabel import cross_validate_multilabel, train_multilabel
+
+        (cross_validate_multilabel if args.cross_validate else train_multilabel)(settings)
+    else:
+        (cross_validate if args.cross_validate else train)(settings)
 
 
 if __name__ == "__main__":

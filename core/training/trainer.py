@@ -161,25 +161,34 @@ def _write_assets(settings: TrainSettings, meta: dict[str, Any], network, report
     return meta
 
 
-def cross_validate(settings: TrainSettings) -> dict[str, Any]:
-    """Train on every grouped fold in turn; ship fold ``settings.fold``'s model with the folds' mean ± std."""
-    shipped = train(settings)
-    reports = [shipped["metrics"]["test"]]
-    detections = [shipped["metrics"].get("detection")]
+def train_every_fold(settings: TrainSettings, train_fn) -> list[dict[str, Any]]:
+    """model.json of the shipped fold (written to ``settings.out``) first, then of every other fold, each
+    trained the same way in a scratch folder."""
+    metas = [train_fn(settings)]
     with tempfile.TemporaryDirectory() as scratch:
         for fold in range(settings.folds):
             if fold != settings.fold:
                 print(f"[cv] fold {fold} of {settings.folds}", flush=True)
-                other = train(replace(settings, fold=fold, out=Path(scratch) / str(fold), command=None))
-                reports.append(other["metrics"]["test"])
-                detections.append(other["metrics"].get("detection"))
+                metas.append(train_fn(replace(settings, fold=fold, out=Path(scratch) / str(fold), command=None)))
+    return metas
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    array = np.array(values, float)
+    return {"mean": round(float(array.mean()), 4), "std": round(float(array.std(ddof=1)), 4),
+            "per_fold": [float(v) for v in array]}
+
+
+def cross_validate(settings: TrainSettings) -> dict[str, Any]:
+    """Train on every grouped fold in turn; ship fold ``settings.fold``'s model with the folds' mean ± std."""
+    metas = train_every_fold(settings, train)
+    shipped = metas[0]
+    reports = [meta["metrics"]["test"] for meta in metas]
+    detections = [meta["metrics"].get("detection") for meta in metas]
     summary = {"folds": settings.folds, "split": "each fold's held-out cells/groups in turn"}
     for key in ("accuracy", "balanced_accuracy", "group_accuracy"):
-        if not all(key in report for report in reports):
-            continue
-        values = np.array([report[key] for report in reports])
-        summary[key] = {"mean": round(float(values.mean()), 4), "std": round(float(values.std(ddof=1)), 4),
-                        "per_fold": [float(v) for v in values]}
+        if all(key in report for report in reports):
+            summary[key] = spread([report[key] for report in reports])
     if all(detections):
         summary["detection"] = _pool_detection(detections)
     shipped["metrics"]["cross_validation"] = summary
