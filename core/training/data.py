@@ -98,13 +98,28 @@ def augmenter(seed: int, fill: str = "constant"):
     ], name="augment")
 
 
+def shuffled_batches(tensors: tuple[np.ndarray, ...], batch_size: int, shuffle: bool, seed: int):
+    """Batches of ``tensors`` (sliced along the first axis), pixels cast to float.
+
+    Indices are shuffled, not images: tf.data keeps a shuffle buffer alive per epoch's iterator, so a buffer
+    of images grows memory by the data set's size every epoch (an OOM kill at 192-px inputs); one of
+    indices costs 8 bytes per example.
+    """
+    import tensorflow as tf
+
+    constants = [tf.constant(t) for t in tensors]
+    data = tf.data.Dataset.range(len(tensors[0]))
+    if shuffle:
+        data = data.shuffle(len(tensors[0]), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).map(
+        lambda index: (tf.cast(tf.gather(constants[0], index), tf.float32),
+                       *(tf.gather(c, index) for c in constants[1:])))
+
+
 def dataset(arrays: Arrays, batch_size: int, augment: bool, seed: int, fill: str = "constant"):
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y))
-    if augment:
-        data = data.shuffle(len(arrays.y), seed=seed, reshuffle_each_iteration=True)
-    data = data.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    data = shuffled_batches((arrays.x, arrays.y), batch_size, augment, seed)
     if augment:
         layers = augmenter(seed, fill)
         data = data.map(lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y),

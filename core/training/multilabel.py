@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, precision_recall_fscore_sup
 from core.assets import read_spec, sha256_of, write_meta
 from core.multilabel import field_scores, mask_to_multi_hot
 from core.registry import model_class
-from core.training.data import augmenter, load_arrays
+from core.training.data import augmenter, load_arrays, shuffled_batches
 
 MIN_TRUSTED_FIELDS = 3  # a class seen in fewer training fields than this is reported as untrustworthy
 MIN_CALIBRATION_FIELDS = 3  # a class gets its own threshold only with this many positive validation fields
@@ -96,10 +96,7 @@ def field_report(truth: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, 
 def _dataset(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, batch_size: int, seed: int, augment: bool):
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices((x, y) if weights is None else (x, y, weights))
-    if augment:
-        data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    data = data.batch(batch_size).map(lambda xb, *rest: (tf.cast(xb, tf.float32), *rest))
+    data = shuffled_batches((x, y) if weights is None else (x, y, weights), batch_size, augment, seed)
     if augment:
         layers = augmenter(seed)
         data = data.map(lambda xb, *rest: (tf.clip_by_value(layers(xb, training=True), 0.0, 255.0), *rest),
