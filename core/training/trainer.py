@@ -98,9 +98,16 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         callbacks=callbacks, verbose=2,
     )
     minutes = (time.perf_counter() - started) / 60
+    # Kept if the evaluation below fails (a long run is not lost); removed once the assets are written.
+    settings.out.mkdir(parents=True, exist_ok=True)
+    unevaluated = settings.out / f"{Path(spec.meta['weights']['file']).stem}.unevaluated.keras"
+    network.save(unevaluated)
+    print(f"[weights] saved to {unevaluated}; evaluating on the held-out split", flush=True)
 
     reports = _evaluate(model, network, parts["test"], settings)
-    return _write_assets(settings, spec.meta, network, reports, history.history, minutes, fixed_test is not None)
+    meta = _write_assets(settings, spec.meta, network, reports, history.history, minutes, fixed_test is not None)
+    unevaluated.unlink(missing_ok=True)
+    return meta
 
 
 def _evaluate(model, network, test: Arrays, settings: TrainSettings) -> dict[str, dict[str, Any]]:
@@ -110,9 +117,14 @@ def _evaluate(model, network, test: Arrays, settings: TrainSettings) -> dict[str
     def predict(batch: np.ndarray) -> np.ndarray:
         return network.predict(batch.astype(np.float32), batch_size=8 * settings.batch_size, verbose=0)
 
-    reports = {"plain": classification_report(test.y, predict(test.x), test.groups, names)}
+    def in_chunks(fn, x: np.ndarray, size: int = 256) -> np.ndarray:
+        # 8 float views of a whole test set at 192 px are ~10 GB: evaluate a chunk at a time
+        return np.concatenate([fn(x[start:start + size]) for start in range(0, len(x), size)])
+
+    reports = {"plain": classification_report(test.y, in_chunks(predict, test.x), test.groups, names)}
     if settings.tta:
-        reports["tta"] = classification_report(test.y, dihedral_mean(predict, test.x), test.groups, names)
+        tta = in_chunks(lambda part: dihedral_mean(predict, part), test.x)
+        reports["tta"] = classification_report(test.y, tta, test.groups, names)
     for name, report in reports.items():
         per_group = f"; per-group accuracy {report['group_accuracy']:.4f}" if "group_accuracy" in report else ""
         print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['examples']} examples of "
