@@ -27,7 +27,7 @@ def _predict_parser(ns: Namespace, registry: ModelRegistry):
     parser.add_argument("image", location="files", type=FileStorage, required=False,
                         help="the image to analyse (PNG, JPEG, TIFF, BMP, WEBP); every model takes it")
     extra_files = {name: model_id for model_id, model in registry.models.items()
-                   for name in getattr(model, "channel_fields", ())}
+                   for name in model.channel_fields}
     for name, model_id in extra_files.items():
         parser.add_argument(name, location="files", type=FileStorage, required=False,
                             help=f"({model_id}) the {name} channel, instead of one multi-channel 'image'")

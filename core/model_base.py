@@ -46,6 +46,8 @@ class MicroscopyModel(ABC):
     rotation_fill: str = "constant"
     #: several labels per example (sigmoid outputs, trained by core.training.multilabel)
     multi_label: bool = False
+    #: file fields it reads besides 'image' (e.g. one per channel); listed in the Swagger form
+    channel_fields: tuple[str, ...] = ()
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
