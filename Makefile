@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test bench loadtest train-leukocyte train-chromosome train-metastasis train-protein chromosome-study clean
+.PHONY: run dev test bench loadtest train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ train-metastasis: $(BIN)/activate  ## reproduce assets/metastasis (PatchCamelyon
 
 train-protein: $(BIN)/activate  ## reproduce assets/protein (5-fold cross-validation over HPA fields)
 	$(BIN)/python -m core.training protein --data $(DATA)/protein --weights $(WEIGHTS) --mode ft --epochs 40 --patience 8 --cross-validate
+
+train-mitosis: $(BIN)/activate  ## reproduce assets/mitosis (AMi-Br crops; test = one fold of slides)
+	$(BIN)/python -m core.training mitosis --data $(DATA)/mitosis --weights $(WEIGHTS) --mode ft --epochs 20 --patience 5
+
+mitosis-bench: $(BIN)/activate  ## 2,000x2,000 fields: detector vs dense sliding window (bench/mitosis_field.json)
+	$(BIN)/python -m bench.mitosis_field --data $(DATA)/mitosis
 
 chromosome-study: $(BIN)/activate  ## the crop-classifier comparison table (bench/chromosome_study.md)
 	$(BIN)/python -m bench.chromosome_study --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS)

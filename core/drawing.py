@@ -1,7 +1,8 @@
 """Predictions drawn over the uploaded image, so a person can check them at a glance."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -37,8 +38,10 @@ def draw_boxes(rgb: np.ndarray, predictions: Sequence[dict[str, Any]], label_nam
     return image
 
 
-def draw_banner(image: Image.Image, text: str, label_names: Sequence[str]) -> Image.Image:
-    """A strip above the image with a summary and a colour key of the labels."""
+def draw_banner(image: Image.Image, text: str, label_names: Sequence[str],
+                colours: Sequence[tuple[int, int, int]] | None = None) -> Image.Image:
+    """A strip above the image with a summary and a colour key of the labels (``colours``, by default
+    the palette's, one per label)."""
     font = ImageFont.load_default(size=max(14, round(image.width / 50)))
     height = round(font.size * 1.8)
     out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
@@ -52,6 +55,6 @@ def draw_banner(image: Image.Image, text: str, label_names: Sequence[str]) -> Im
         draw.text((x, height // 2), label_names[index], fill=(0, 0, 0), font=font, anchor="lm")
         x -= font.size + 6
         draw.rectangle([x, height // 2 - font.size // 2, x + font.size, height // 2 + font.size // 2],
-                       fill=colour_for(index))
+                       fill=colours[index] if colours else colour_for(index))
         x -= font.size
     return out

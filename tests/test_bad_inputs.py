@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.images import encode, smear
 
-MODELS = ("leukocyte", "chromosome", "metastasis", "protein")
+MODELS = ("leukocyte", "chromosome", "metastasis", "protein", "mitosis")
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -85,7 +85,7 @@ def test_fields_and_options(client, model):
     check(post(client, model, {"image": good}, format="x" * 500_000), 400)      # a huge form field
     check(post(client, model, {"image": good}, **{"x" * 300: "1"}), 400)        # a huge unknown field name
     check(post(client, model, {"image": good}, format="nan"), 400)
-    numeric = {"leukocyte": "scale", "metastasis": "mpp", "protein": "threshold_scale"}.get(model)
+    numeric = {"leukocyte": "scale", "metastasis": "mpp", "protein": "threshold_scale", "mitosis": "mpp"}.get(model)
     if numeric:
         for value in ("nan", "-1", "1e309", "inf", "", "0x10"):
             check(post(client, model, {"image": good}, **{numeric: value}), 400)

@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.errors import ClientError
 from core.imageio import to_rgb8
 from core.model_base import Example, MicroscopyModel
 from core.options import Option
 from core.wsi import engine, outputs
-from core.wsi.slide import describe, image_slide, slide_mpp
+from core.wsi.slide import describe, image_slide, required_mpp
 
 TUMOR_COLOUR = (200, 30, 30)
 #: the largest grid a synchronous predict call scores (about 4,000x4,000 px at 0.97 um/px); more is a job
@@ -111,16 +110,10 @@ class MetastasisModel(MicroscopyModel):
 
     # ---- whole slides ------------------------------------------------------------------------------
     def check_slide(self, slide, options: dict[str, Any]) -> None:
-        self._slide_mpp(slide, options)
-
-    def _slide_mpp(self, slide, options: dict[str, Any]) -> float:
-        mpp = slide_mpp(slide, options["mpp"] or None)
-        if mpp is None:
-            raise ClientError("the slide does not record its resolution (openslide.mpp-x); give the option mpp")
-        return mpp
+        required_mpp(slide, options["mpp"] or None)
 
     def plan(self, slide, options: dict[str, Any]) -> tuple[engine.Plan, float]:
-        mpp = self._slide_mpp(slide, options)
+        mpp = required_mpp(slide, options["mpp"] or None)
         return engine.plan_slide(slide, self.tile_spec, mpp, options["tissue_only"]), mpp
 
     def analyse_slide(self, slide, options: dict[str, Any], progress: engine.Progress) -> outputs.SlideAnalysis:

@@ -65,7 +65,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     keras.utils.set_random_seed(settings.seed)
     spec = read_spec(settings.assets_dir / settings.model_id)
     spec.meta["input"].update(settings.input_overrides or {})
-    spec.meta["inference"] = {"tta": settings.tta}
+    spec.meta.setdefault("inference", {})["tta"] = settings.tta  # other inference settings are kept
     model = model_class(settings.model_id)(spec)
     arrays = load_arrays(model, settings.data, settings.cache_dir)
     if settings.limit_groups:

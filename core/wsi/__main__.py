@@ -41,21 +41,23 @@ def main(argv: list[str] | None = None) -> int:
         model = model_class(args.model)(read_spec(args.assets / args.model))
         if not model.takes_slides:
             raise ClientError(f"model '{args.model}' does not analyse whole slides")
+        if args.engine == "spark" and not hasattr(model, "score_tiles"):
+            raise ClientError(f"the Spark engine scores tile grids; model '{args.model}' runs with --engine local")
         given = dict(item.partition("=")[::2] for item in args.option)
         options = parse_options(model.declared_options(), given, ignore=set())
         slide = open_slide(args.slide)
-        plan, mpp = model.plan(slide, options)
+        model.check_slide(slide, options)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"[plan] {plan.rows}x{plan.cols} grid, {int(plan.tissue.sum()):,} tissue tiles in "
-          f"{len(plan.blocks)} blocks, level {plan.level}", flush=True)
     started = time.perf_counter()
     if args.engine == "spark":
+        plan, mpp = model.plan(slide, options)
+        print(f"[plan] {plan.rows}x{plan.cols} grid, {int(plan.tissue.sum()):,} tissue tiles in "
+              f"{len(plan.blocks)} blocks, level {plan.level}", flush=True)
         grid = score_spark(args.slide, args.model, args.assets, plan, args.master, args.partitions)
+        analysis = model.slide_analysis(slide, plan, grid, mpp, options)
     else:
-        from core.wsi.engine import score_local
-
         model.load()
         last = [0.0]
 
@@ -64,15 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                 last[0] = fraction
                 print(f"[progress] {fraction:.0%} {note}", flush=True)
 
-        grid = score_local(slide, plan, model.score_tiles, progress)
-    analysis = model.slide_analysis(slide, plan, grid, mpp, options)
+        analysis = model.analyse_slide(slide, options, progress)
     args.out.mkdir(parents=True, exist_ok=True)
     analysis.result["engine"] = args.engine
     (args.out / "result.json").write_text(json.dumps(analysis.result))
     analysis.heatmap.save(args.out / "heatmap.png")
     (args.out / "regions.geojson").write_text(json.dumps(analysis.geojson))
     print(f"[done] {args.engine} engine, {time.perf_counter() - started:.1f} s; "
-          f"{json.dumps(analysis.result['predictions'])}; wrote {args.out}", flush=True)
+          f"{json.dumps(analysis.result['predictions'][:5])}; wrote {args.out}", flush=True)
     return 0
 
 

@@ -39,6 +39,14 @@ def slide_mpp(slide, override: float | None) -> float | None:
         return None
 
 
+def required_mpp(slide, override: float | None) -> float:
+    """:func:`slide_mpp`, or a client error when neither the slide nor the request gives it."""
+    mpp = slide_mpp(slide, override)
+    if mpp is None:
+        raise ClientError("the slide does not record its resolution (openslide.mpp-x); give the option mpp")
+    return mpp
+
+
 def describe(slide, mpp: float | None) -> dict:
     """Facts about a slide for the result: size, levels, resolution, vendor."""
     width, height = slide.dimensions
