@@ -178,6 +178,11 @@ class MicroscopyModel(ABC):
         slides), or None to hold out one of the grouped folds."""
         return None
 
+    def calibrate(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
+        """Inference settings chosen on the validation groups (never the test groups), with the trained network
+        in ``self.network``; written into model.json's ``inference``. None: nothing to choose."""
+        return None
+
     def evaluate_detection(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
         """Object-level figures on the held-out groups, with the trained network in ``self.network``."""
         return None

@@ -13,6 +13,7 @@ import math
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,8 @@ class MitosisModel(MicroscopyModel):
         Option("mpp", float, 0.0, "micrometres per pixel of the upload or slide; 0: a slide's own "
                "(openslide.mpp-x), for images the model's 0.25 (40x); other values are rescaled",
                minimum=0.0, maximum=10.0),
-        Option("threshold", float, 0.5, "mitosis probability at or above which a candidate is reported",
+        Option("threshold", float, 0.5, "mitosis probability at or above which a candidate is reported "
+               "(default: model.json's inference.threshold, chosen on validation slides)",
                minimum=0.0, maximum=1.0),
     )
     formats = ("json", "png", "geojson")
@@ -148,9 +150,15 @@ class MitosisModel(MicroscopyModel):
     def network_px(self) -> int:
         return int(self.spec.input["network_input"][0])
 
+    def declared_options(self) -> tuple[Option, ...]:
+        """The threshold's default is model.json's ``inference.threshold`` (chosen on validation slides)."""
+        chosen = self.spec.meta.get("inference", {}).get("threshold")
+        return tuple(replace(option, default=float(chosen)) if option.name == "threshold" and chosen is not None
+                     else option for option in super().declared_options())
+
     @property
     def default_threshold(self) -> float:
-        return next(option.default for option in self.options if option.name == "threshold")
+        return next(option.default for option in self.declared_options() if option.name == "threshold")
 
     @property
     def merge_px(self) -> float:
@@ -255,8 +263,7 @@ class MitosisModel(MicroscopyModel):
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=COLOURS[mitosis["subtype"]],
                          width=width)
         counts = result["counts"]
-        text = (f"mitoses: {result['count']} ({counts['atypical']} atypical), "
-                f"{result['mitoses_per_mm2']:g} per mm2")
+        text = f"{result['count']} mitoses ({counts['atypical']} atypical), {result['mitoses_per_mm2']:,.0f}/mm²"
         return _banner(image, text)
 
     def to_geojson(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +378,15 @@ class MitosisModel(MicroscopyModel):
             if negatives:
                 for x in self.network_windows(rgb, np.array(negatives)):
                     yield x, names.index("non_mitosis"), figure.slide
+
+    def calibrate(self, data_dir: Path, groups: set[str]) -> dict[str, Any]:
+        """The reporting threshold with the best F1 on mosaics of the validation slides' crops."""
+        crops = [crop for crop in self._crops(data_dir) if crop[1].slide in groups]
+        images = {path: to_rgb8(Image.open(path)) for path, _, _ in crops}
+        by_threshold = self._evaluate_mosaics(crops, images, 0.5, float(self.spec.input["match_px"]))["by_threshold"]
+        best = max(by_threshold, key=lambda t: (by_threshold[t], -abs(float(t) - 0.5)))
+        return {"threshold": float(best), "threshold_chosen_by": "F1 on mosaics of the validation slides' crops",
+                "validation_f1_by_threshold": by_threshold}
 
     def evaluate_detection(self, data_dir: Path, groups: set[str]) -> dict[str, Any]:
         """On the held-out slides' crops: detection (a hit is within ``match_px``, one-to-one) on every crop

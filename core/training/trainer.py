@@ -104,6 +104,11 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     network.save(unevaluated)
     print(f"[weights] saved to {unevaluated}; evaluating on the held-out split", flush=True)
 
+    model.use_network(network)
+    chosen = model.calibrate(settings.data, set(parts["val"].groups))
+    if chosen:
+        spec.meta["inference"].update(chosen)
+        print(f"[calibrate] on the validation groups: {json.dumps(chosen)}", flush=True)
     reports = _evaluate(model, network, parts["test"], settings)
     meta = _write_assets(settings, spec.meta, network, reports, history.history, minutes, fixed_test is not None)
     unevaluated.unlink(missing_ok=True)
