@@ -238,3 +238,16 @@ def test_shipped_model_finds_figures_on_held_out_slides(client):
         body = post(client, Image.open(path)).get_json()
         found += any(np.hypot(m["x"] - 64, m["y"] - 64) <= 30 for m in body["predictions"])
     assert len(sample) >= 30 and found / len(sample) >= 0.6
+
+
+def test_command_line_runs_the_local_engine_and_refuses_spark(tmp_path, capsys):
+    from core.wsi.__main__ import main as wsi_main
+
+    path = slide_with_nuclei(tmp_path / "slide.tif")
+    assert wsi_main(["predict", str(path), "--model", "mitosis", "--engine", "spark", "--out", str(tmp_path)]) == 2
+    assert "--engine local" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert wsi_main(["predict", str(path), "--model", "mitosis", "--option", "threshold=0", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["count"] == len(NUCLEI) and result["engine"] == "local"
+    assert json.loads((out / "regions.geojson").read_text())["features"][0]["geometry"]["type"] == "Point"
