@@ -436,7 +436,7 @@ class MitosisModel(MicroscopyModel):
         by_slide: dict[str, list] = defaultdict(list)
         for crop in crops:
             by_slide[crop[1].slide].append(crop)
-        tp = fp = fn = count = 0
+        count = 0
         by_threshold: dict[float, list[int]] = {t: [0, 0, 0] for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
         for slide_crops in by_slide.values():
             for start in range(0, len(slide_crops), side * side):
