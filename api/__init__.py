@@ -18,8 +18,8 @@ def build_api(app: Flask, registry: ModelRegistry, runner: JobRunner) -> Api:
                           "whole slides go to POST /model/{id}/jobs and are followed at /jobs/{job_id}.",
               doc="/", authorizations=AUTHORIZATIONS,
               security="apikey" if app.config["MMAX"].api_key else None)
-    api.add_namespace(model.create_namespace(registry, runner), path="/model")
-    api.add_namespace(jobs.create_namespace(runner), path="/jobs")
+    api.add_namespace(model.create_namespace(registry), path="/model")
+    api.add_namespace(jobs.create_namespace(registry, runner), path="/")
     api.add_namespace(health.create_namespace(registry), path="/health")
     api.add_namespace(metrics.ns, path="/metrics")
     register_error_handlers(app, api)

@@ -1,21 +1,22 @@
-"""``/jobs``: whole-slide jobs (submitted at ``POST /model/<id>/jobs``), their status and their outputs."""
+"""Every job route: submission at ``POST /model/<id>/jobs``, then ``/jobs`` for status, results and deletion.
+
+The namespace is mounted at the root so that submission keeps its place under the model it runs.
+"""
 from __future__ import annotations
 
-import shutil
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from flask import current_app, request, send_file
 from flask_restx import Namespace, Resource
 from werkzeug.datastructures import FileStorage
-from werkzeug.utils import secure_filename
 
 from api import schemas
 from core.errors import ClientError
 from core.jobs import RESULT_FILES, JobNotDone, JobRunner
 from core.options import parse_options
 from core.registry import ModelRegistry
+from core.wsi.slide_model import SlideModel
 
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 JOB_ID_HELP = "the id answered by POST /model/{id}/jobs (32 hexadecimal characters)"
@@ -37,20 +38,6 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_slide_path(root: Path | None, relative: str) -> Path:
-    """``relative`` inside the slide root, refusing anything that leaves it (``..``, absolute, symlinks)."""
-    if root is None:
-        raise ClientError("this server has no slide root (setting MMAX_SLIDE_ROOT); upload the slide in the "
-                          "multipart file field 'slide' instead")
-    base = root.resolve()
-    candidate = (base / relative).resolve()
-    if not candidate.is_relative_to(base):
-        raise ClientError(f"slide path '{relative}' leaves the slide root", status=403)
-    if not candidate.is_file():
-        raise ClientError(f"no slide '{relative}' under the slide root", status=404)
-    return candidate
-
-
 def submit_parser(ns: Namespace, registry: ModelRegistry):
     parser = ns.parser()
     parser.add_argument("slide", location="files", type=FileStorage, required=False,
@@ -59,7 +46,7 @@ def submit_parser(ns: Namespace, registry: ModelRegistry):
                         help="or: the slide's path relative to the server's slide root (MMAX_SLIDE_ROOT)")
     seen = set()
     for model in registry.models.values():
-        if model.takes_slides:
+        if isinstance(model, SlideModel):
             for option in model.declared_options():
                 if option.name not in seen and option.name != "format":
                     seen.add(option.name)
@@ -69,12 +56,10 @@ def submit_parser(ns: Namespace, registry: ModelRegistry):
 
 
 def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[dict, int, dict]:
-    """Queue a slide for ``model_id``: checked now (model, options, a readable slide), analysed later."""
-    from core.wsi.slide import open_slide
-
+    """Queue a slide for ``model_id`` from the request: checked now (model, options, a readable slide)."""
     config = current_app.config["MMAX"]
     model = registry.get(model_id)
-    if not model.takes_slides:
+    if not isinstance(model, SlideModel):
         raise ClientError(f"model '{model_id}' does not analyse whole slides; use /model/{model_id}/predict")
     request.max_content_length = config.max_slide_bytes
     given = {key: request.form[key] for key in request.form if key != "slide_path"}
@@ -83,40 +68,35 @@ def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[d
     unexpected = sorted(set(request.files) - {"slide"})
     if unexpected:
         raise ClientError(f"unexpected file field(s) {', '.join(unexpected)}; send the slide in 'slide'")
-    store = runner.store
-    job_id = store.new_id()
-    folder = store.folder(job_id)
-    if "slide" in request.files:
-        upload = request.files["slide"]
-        name = secure_filename(upload.filename or "") or "slide"
-        folder.mkdir(parents=True)
-        path = folder / name
-        upload.save(path)
-    elif request.form.get("slide_path"):
-        name = request.form["slide_path"]
-        path = resolve_slide_path(config.slide_root, name)
-    else:
-        raise ClientError("send the slide as the multipart file field 'slide', or its path relative to the "
-                          "slide root in the form field 'slide_path'")
-    try:
-        if path.stat().st_size == 0:
-            raise ClientError("the 'slide' upload is empty (0 bytes)")
-        model.check_slide(open_slide(path), options)
-    except ClientError:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    job = store.create(job_id, model_id, path, name, options)
+    job = runner.store.submit(model, options, upload=request.files.get("slide"),
+                              slide_path=request.form.get("slide_path"), slide_root=config.slide_root)
     runner.wake()
-    return job_json(job), 202, {"Location": f"/jobs/{job_id}"}
+    return job_json(job), 202, {"Location": f"/jobs/{job['id']}"}
 
 
-def create_namespace(runner: JobRunner) -> Namespace:
-    ns = Namespace("jobs", description="Whole-slide jobs: status, progress and results")
+def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
+    ns = Namespace("jobs", description="Whole-slide jobs: submission, status, progress and results")
     for schema in (schemas.error, schemas.job_links, schemas.job, schemas.job_list):
         ns.add_model(schema.name, schema)
     store = runner.store
+    job_form = submit_parser(ns, registry)
 
-    @ns.route("")
+    @ns.route("model/<string:model_id>/jobs")
+    @ns.param("model_id", "a model that analyses whole slides, e.g. metastasis")
+    class Submit(Resource):
+
+        @ns.expect(job_form)
+        @ns.response(202, "queued; follow it at /jobs/{job_id} (the Location header)", schemas.job)
+        @ns.response(400, "bad option, missing slide, or a model without whole-slide analysis", schemas.error)
+        @ns.response(403, "slide path outside the slide root", schemas.error)
+        @ns.response(404, "unknown model or slide", schemas.error)
+        @ns.response(413, "upload too large", schemas.error)
+        @ns.response(415, "not a slide OpenSlide or Pillow can read", schemas.error)
+        def post(self, model_id: str):
+            """Analyse a whole slide as a job: upload it ('slide') or name it under the slide root ('slide_path')."""
+            return submit(registry, runner, model_id)
+
+    @ns.route("jobs")
     class JobList(Resource):
 
         @ns.response(200, "the most recent jobs, newest first", schemas.job_list)
@@ -124,7 +104,7 @@ def create_namespace(runner: JobRunner) -> Namespace:
             """The 100 most recent jobs."""
             return {"jobs": [job_json(job) for job in store.recent(100)]}
 
-    @ns.route("/<string:job_id>")
+    @ns.route("jobs/<string:job_id>")
     @ns.param("job_id", JOB_ID_HELP, pattern=JOB_ID_PATTERN)
     @ns.response(400, "malformed job id", schemas.error)
     @ns.response(401, "API key missing or wrong", schemas.error)
@@ -145,7 +125,7 @@ def create_namespace(runner: JobRunner) -> Namespace:
             return job_json(job)
 
     def result_route(key: str, url: str) -> None:
-        @ns.route(f"/<string:job_id>/{url}", endpoint=f"job_{key}")
+        @ns.route(f"jobs/<string:job_id>/{url}", endpoint=f"job_{key}")
         @ns.param("job_id", JOB_ID_HELP, pattern=JOB_ID_PATTERN)
         @ns.response(400, "malformed job id", schemas.error)
         @ns.response(401, "API key missing or wrong", schemas.error)

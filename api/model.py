@@ -13,10 +13,9 @@ from flask import current_app, request, send_file
 from flask_restx import Namespace, Resource
 from werkzeug.datastructures import FileStorage
 
-from api import jobs, schemas
+from api import schemas
 from api.metrics import observe_inference
 from core.imageio import encode_png
-from core.jobs import JobRunner
 from core.options import parse_options
 from core.registry import ModelRegistry
 
@@ -46,13 +45,11 @@ def _predict_parser(ns: Namespace, registry: ModelRegistry):
     return parser
 
 
-def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
+def create_namespace(registry: ModelRegistry) -> Namespace:
     ns = Namespace("model", description="Model metadata, labels and predictions")
     for schema in schemas.ALL:
         ns.add_model(schema.name, schema)
     predict_form = _predict_parser(ns, registry)
-    job_form = jobs.submit_parser(ns, registry)
-    ns.add_model(schemas.job.name, schemas.job)
 
     def describe(model_id: str) -> dict[str, Any]:
         model = registry.get(model_id)
@@ -125,20 +122,5 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
             if size is not None:
                 body["image"] = {"width": size[0], "height": size[1]}
             return {**body, **result}
-
-    @ns.route("/<string:model_id>/jobs")
-    @ns.param("model_id", "a model that analyses whole slides, e.g. metastasis")
-    class Jobs(Resource):
-
-        @ns.expect(job_form)
-        @ns.response(202, "queued; follow it at /jobs/{job_id} (the Location header)", schemas.job)
-        @ns.response(400, "bad option, missing slide, or a model without whole-slide analysis", schemas.error)
-        @ns.response(403, "slide path outside the slide root", schemas.error)
-        @ns.response(404, "unknown model or slide", schemas.error)
-        @ns.response(413, "upload too large", schemas.error)
-        @ns.response(415, "not a slide OpenSlide or Pillow can read", schemas.error)
-        def post(self, model_id: str):
-            """Analyse a whole slide as a job: upload it ('slide') or name it under the slide root ('slide_path')."""
-            return jobs.submit(registry, runner, model_id)
 
     return ns

@@ -38,7 +38,7 @@ def main() -> None:
             meta = cross_validate(TrainSettings(
                 model_id="chromosome", data=args.data, out=Path(scratch) / "chromosome", assets_dir=ROOT / "assets",
                 weights=args.weights, mode=mode, epochs=args.epochs, patience=6, folds=6,
-                input_overrides={"crop_style": style, "network_size": size}, cache_dir=ROOT / ".cache" / "training"))
+                input_overrides={"crop_style": style, "network_input": [size, size, 3]}, cache_dir=ROOT / ".cache" / "training"))
         cv = meta["metrics"]["cross_validation"]
         rows.append({"backbone": "mobilenet_v1_0.25", "mode": mode, "crops": style, "size": size,
                      "accuracy_mean": cv["accuracy"]["mean"], "accuracy_std": cv["accuracy"]["std"],

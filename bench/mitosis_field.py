@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -29,31 +28,24 @@ FIELD_PX = 2000
 def held_out_fields(model, data: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` fields of FIELD_PX², each tiled from held-out crops (slide by slide), with their true figures."""
     from core.imageio import to_rgb8
+    from core.models.mitosis_training import crops, mosaic
 
     held_out = set(model.spec.meta["metrics"]["detection"]["per_group"])
-    crops = [crop for crop in model._crops(data) if crop[1].slide in held_out]
-    by_slide = defaultdict(list)
-    for crop in crops:
-        by_slide[crop[1].slide].append(crop)
-    ordered = [crop for slide in sorted(by_slide) for crop in by_slide[slide]]
-    side, size = -(-FIELD_PX // 128), 128
+    chosen = sorted((crop for crop in crops(data) if crop[1].slide in held_out), key=lambda crop: crop[1].slide)
+    side = -(-FIELD_PX // 128)
     fields = []
     for index in range(count):
-        chunk = ordered[index * side * side:(index + 1) * side * side]
+        chunk = chosen[index * side * side:(index + 1) * side * side]
         if len(chunk) < side * side:
             break
-        mosaic = np.full((side * size, side * size, 3), 255, np.uint8)
-        truth = []
-        for k, (path, _, figures) in enumerate(chunk):
-            r0, c0 = (k // side) * size, (k % side) * size
-            mosaic[r0:r0 + size, c0:c0 + size] = to_rgb8(Image.open(path))
-            truth += [(r0 + r, c0 + c) for r, c, _ in figures if r0 + r < FIELD_PX and c0 + c < FIELD_PX]
-        fields.append((mosaic[:FIELD_PX, :FIELD_PX].copy(), np.array(truth, float).reshape(-1, 2)))
+        field, truth = mosaic(chunk, {path: to_rgb8(Image.open(path)) for path, _, _ in chunk}, side)
+        inside = (truth < FIELD_PX).all(axis=1)
+        fields.append((field[:FIELD_PX, :FIELD_PX].copy(), truth[inside]))
     return fields
 
 
 def score(model, rgb: np.ndarray, truth: np.ndarray, threshold: float, centres_of, repeats: int) -> dict:
-    from core.models.mitosis import f1_counts, match_points
+    from core.evaluation import f1_counts, match_points
 
     seconds = []
     for _ in range(repeats):  # the fastest of a few runs: the least disturbed by other work on the machine
@@ -61,7 +53,7 @@ def score(model, rgb: np.ndarray, truth: np.ndarray, threshold: float, centres_o
         found = model.detect(rgb, threshold, centres_of)
         seconds.append(time.perf_counter() - started)
     points = np.array([(m["y"], m["x"]) for m in found], float).reshape(-1, 2)
-    hits = len(match_points(points, truth, float(model.spec.input["match_px"])))
+    hits = len(match_points(points, truth, model.input.match_px))
     return {"seconds": min(seconds), "windows": len(centres_of(rgb)),
             **f1_counts(hits, len(found) - hits, len(truth) - hits)}
 
@@ -77,14 +69,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from core.assets import read_spec
+    from core.evaluation import f1_counts
     from core.models.mitosis import dense_centres, propose
     from core.registry import model_class
 
     model = model_class("mitosis")(read_spec(ROOT / "assets" / "mitosis"))
     model.load()
     model.warm_up()
-    threshold = model.default_threshold
-    methods = {"detector (candidate nuclei)": lambda rgb: propose(rgb, model.spec.input["proposals"]),
+    threshold = next(option.default for option in model.declared_options() if option.name == "threshold")
+    methods = {"detector (candidate nuclei)": lambda rgb: propose(rgb, model.input.proposals),
                f"dense sliding window (stride {args.stride} px)": lambda rgb: dense_centres(rgb.shape, args.stride)}
     rows = []
     for index, (rgb, truth) in enumerate(held_out_fields(model, args.data, args.fields)):
@@ -97,12 +90,10 @@ def main() -> None:
     summary = {}
     for name in methods:
         mine = [row for row in rows if row["method"] == name]
-        tp, fp, fn = (sum(row[k] for row in mine) for k in ("tp", "fp", "fn"))
-        precision, recall = tp / max(1, tp + fp), tp / max(1, tp + fn)
+        pooled = f1_counts(*(sum(row[k] for row in mine) for k in ("tp", "fp", "fn")))
         summary[name] = {"seconds_per_field": round(float(np.mean([row["seconds"] for row in mine])), 2),
                          "windows_per_field": int(np.mean([row["windows"] for row in mine])),
-                         "f1": round(2 * precision * recall / max(1e-9, precision + recall), 4),
-                         "precision": round(precision, 4), "recall": round(recall, 4)}
+                         **{k: pooled[k] for k in ("f1", "precision", "recall")}}
     detector, dense = (summary[name] for name in methods)
     result = {"field_px": FIELD_PX, "fields": len(rows) // 2, "tta": model.uses_tta, "threshold": threshold,
               "runtime": model.runtime, "cpu_count": os.cpu_count(), "methods": summary,

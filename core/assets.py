@@ -37,8 +37,9 @@ class ModelSpec:
         return [label["name"] for label in self.labels]
 
     @property
-    def input(self) -> dict[str, Any]:
-        return self.meta.get("input", {})
+    def source(self) -> Path:
+        """The model.json file, named in every error about its content."""
+        return self.directory / MODEL_JSON
 
     @property
     def version(self) -> str:

@@ -54,8 +54,40 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
         raise UnsupportedImage(f"images of mode {image.mode} are not supported: {exc}") from None
 
 
-def encode_png(array_or_image: np.ndarray | Image.Image) -> bytes:
-    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def grey_to_unit(image: Image.Image) -> np.ndarray:
+    """One channel as float 0..1 from 8-bit, 16-bit or float greyscale (colour is averaged)."""
+    if image.mode in {"I;16", "I;16B", "I;16L"}:
+        return np.asarray(image, np.float32) / 65535.0
+    if image.mode in {"I", "F"}:
+        array = np.asarray(image, np.float32)
+        top = float(array.max())
+        return array / top if top > 1.0 else np.clip(array, 0, 1)
+    return np.asarray(image.convert("L"), np.float32) / 255.0
+
+
+def tiff_channels(data: bytes, max_pixels: int) -> np.ndarray | None:
+    """A 4-page or 4-channel TIFF as H×W×4 in 0..1; None if the TIFF does not hold four channels."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        pages = tif.pages
+        if len(pages) >= 4 and all(len(p.shape) == 2 for p in list(pages)[:4]):
+            height, width = pages[0].shape
+            if height * width > max_pixels:
+                raise ImageTooLarge(f"the 'image' TIFF is {width}x{height} px per channel; the limit is {max_pixels:,}")
+            stack = np.stack([pages[k].asarray() for k in range(4)], axis=-1)
+        else:
+            shape = pages[0].shape
+            if len(shape) != 3 or 4 not in (shape[0], shape[-1]) or shape[0] * shape[1] * shape[2] // 4 > max_pixels:
+                return None
+            stack = pages[0].asarray()
+            stack = stack if stack.shape[-1] == 4 else np.moveaxis(stack, 0, -1)
+    stack = stack.astype(np.float32)
+    top = {np.dtype("uint8"): 255.0, np.dtype("uint16"): 65535.0}.get(np.dtype(stack.dtype), float(stack.max()) or 1.0)
+    return np.clip(stack / top, 0, 1)

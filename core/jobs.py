@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ import time
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core.errors import ClientError
 
@@ -49,6 +50,28 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+class SlideUpload(Protocol):
+    """An uploaded slide file (werkzeug's FileStorage is one)."""
+
+    filename: str | None
+
+    def save(self, dst: Path) -> None: ...
+
+
+def resolve_slide_path(root: Path | None, relative: str) -> Path:
+    """``relative`` inside the slide root, refusing anything that leaves it (``..``, absolute, symlinks)."""
+    if root is None:
+        raise ClientError("this server has no slide root (setting MMAX_SLIDE_ROOT); upload the slide in the "
+                          "multipart file field 'slide' instead")
+    base = root.resolve()
+    candidate = (base / relative).resolve()
+    if not candidate.is_relative_to(base):
+        raise ClientError(f"slide path '{relative}' leaves the slide root", status=403)
+    if not candidate.is_file():
+        raise ClientError(f"no slide '{relative}' under the slide root", status=404)
+    return candidate
+
+
 class JobStore:
     """The jobs table and each job's folder under ``data_dir``."""
 
@@ -71,6 +94,35 @@ class JobStore:
     def folder(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / check_job_id(job_id)
 
+    def submit(self, model, options: dict[str, Any], upload: SlideUpload | None = None,
+               slide_path: str | None = None, slide_root: Path | None = None) -> dict:
+        """Queue a slide for ``model`` (a SlideModel): an upload is kept in the job's folder, a path must lie
+        under ``slide_root``; the slide is opened and checked now, so a bad one is refused, not failed later."""
+        from werkzeug.utils import secure_filename
+
+        from core.wsi.slide import open_slide
+
+        job_id = self.new_id()
+        folder = self.folder(job_id)
+        if upload is not None:
+            name = secure_filename(upload.filename or "") or "slide"
+            folder.mkdir(parents=True)
+            path = folder / name
+            upload.save(path)
+        elif slide_path:
+            name, path = slide_path, resolve_slide_path(slide_root, slide_path)
+        else:
+            raise ClientError("send the slide as the multipart file field 'slide', or its path relative to the "
+                              "slide root in the form field 'slide_path'")
+        try:
+            if path.stat().st_size == 0:
+                raise ClientError("the 'slide' upload is empty (0 bytes)")
+            model.check_slide(open_slide(path), options)
+        except ClientError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self.create(job_id, model.spec.id, path, name, options)
+
     def new_id(self) -> str:
         return uuid.uuid4().hex
 
@@ -91,8 +143,6 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Forget a finished job and remove its folder (its uploaded slide and outputs)."""
-        import shutil
-
         if self.get(job_id)["status"] in {"queued", "running"}:
             raise JobNotDone(f"job '{job_id}' is still {self.get(job_id)['status']}; delete it once it ends")
         with closing(self._connect()) as db:
@@ -158,22 +208,18 @@ class JobRunner:
         self.store, self.registry = store, registry
         self.stale_s, self.max_attempts, self.poll_s = stale_s, max_attempts, poll_s
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._wake, self._stop = threading.Event(), threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
 
     def wake(self) -> None:
         """A job was queued: look now rather than at the next poll."""
         self._wake.set()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 self.store.recover(self.stale_s, self.max_attempts)
                 job = self.store.claim(self.worker) if self.registry.settled else None
@@ -208,6 +254,7 @@ class JobRunner:
             beating.set()
 
     def _analyse(self, job: dict) -> None:
+        from core.wsi.engine import analyse_local
         from core.wsi.slide import open_slide
 
         model = self.registry.get_ready(job["model"])
@@ -216,7 +263,7 @@ class JobRunner:
         def progress(fraction: float, note: str) -> None:
             self.store.update(job["id"], progress=round(fraction, 4), message=note)
 
-        analysis = model.analyse_slide(slide, json.loads(job["options"]), progress)
+        analysis = analyse_local(model, slide, json.loads(job["options"]), progress)
         folder = self.store.folder(job["id"])
         folder.mkdir(parents=True, exist_ok=True)
         # Written under temporary names and renamed: a reader never sees half a file.

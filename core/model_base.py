@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Mapping
+from dataclasses import replace
+from typing import Any, Callable, ContextManager, Mapping
 
 import numpy as np
 from PIL import Image
 
 from core.assets import ModelSpec, verify_weights
 from core.drawing import draw_boxes
-from core.errors import ClientError
+from core.errors import AssetError, ClientError
 from core.imageio import decode_image, to_rgb8
+from core.input_spec import InputSpec
 from core.options import Option
 from core.tta import dihedral_mean
 
@@ -25,43 +25,48 @@ FORMAT_HELP = {"json": "predictions", "png": "the image with the predictions dra
                "geojson": "the predictions as a GeoJSON FeatureCollection (QuPath imports it)"}
 
 
-@dataclass(frozen=True)
-class Example:
-    """One training file: its path, label index and the group (original cell, slide…) it belongs to."""
-
-    path: Path
-    label: int
-    group: str
-
-
 class MicroscopyModel(ABC):
-    #: model-specific options, besides ``format`` which every model that locates things gets
+    #: model-specific options; their defaults are model.json's ``defaults`` (``format`` is added for models
+    #: that answer in more than one format)
     options: tuple[Option, ...] = ()
-    #: whether predictions carry positions (then ``format=png`` draws them)
-    locates: bool = True
-    #: the answers ``format`` offers when the model locates things
+    #: what ``format`` offers; the first is the default
     formats: tuple[str, ...] = ("json", "png")
+    #: the typed model.json ``input`` section this model reads
+    Input: type[InputSpec] = InputSpec
     batch_size: int = 32
-    #: training augmentation: how free rotations fill the corners ("constant" black, or "reflect" tissue)
-    rotation_fill: str = "constant"
-    #: several labels per example (sigmoid outputs, trained by core.training.multilabel)
-    multi_label: bool = False
     #: file fields it reads besides 'image' (e.g. one per channel); listed in the Swagger form
     channel_fields: tuple[str, ...] = ()
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
+        self.input = self.Input.from_json(spec.meta.get("input", {}), spec.source)
+        self._options = self._with_defaults(spec.meta.get("defaults", {}))
         self.network = None
         self.runtime: str | None = None  # "onnx" or "tensorflow" once loaded
         self._forward = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    @classmethod
-    def declared_options(cls) -> tuple[Option, ...]:
-        if not cls.locates:
-            return cls.options
-        help_text = "; ".join(f"{name}: {FORMAT_HELP[name]}" for name in cls.formats)
-        return (Option("format", str, "json", help_text, choices=cls.formats),) + cls.options
+    def _with_defaults(self, defaults: dict[str, Any]) -> tuple[Option, ...]:
+        """The declared options with model.json's defaults, each checked as a client's value would be."""
+        declared = {option.name for option in self.options}
+        unknown, missing = sorted(set(defaults) - declared), sorted(declared - set(defaults))
+        if unknown or missing:
+            raise AssetError(f"{self.spec.source}: 'defaults' must give exactly the options "
+                             f"{', '.join(sorted(declared)) or '(none)'} (unknown: {', '.join(unknown) or 'none'}; "
+                             f"missing: {', '.join(missing) or 'none'})")
+        try:
+            options = tuple(replace(option, default=option.parse(str(defaults[option.name])))
+                            for option in self.options)
+        except ClientError as exc:
+            raise AssetError(f"{self.spec.source}: 'defaults': {exc.message}") from None
+        if len(self.formats) < 2:
+            return options
+        help_text = "; ".join(f"{name}: {FORMAT_HELP[name]}" for name in self.formats)
+        return (Option("format", str, help_text, self.formats[0], choices=self.formats),) + options
+
+    def declared_options(self) -> tuple[Option, ...]:
+        """Every option a predict call accepts, with its default."""
+        return self._options
 
     def configure(self, runtime: str = "auto", max_batch: int = 32, max_wait_ms: float = 2.0,
                   on_batch: Callable[[int, int], None] | None = None) -> None:
@@ -103,8 +108,7 @@ class MicroscopyModel(ABC):
 
     def predict(self, inputs: Any, options: dict[str, Any]) -> dict[str, Any]:
         batch, context = self.preprocess(inputs, options)
-        outputs = self.run_network(batch)
-        return self.postprocess(outputs, context, options)
+        return self.postprocess(self.run_network(batch), context, options)
 
     def serving(self) -> ContextManager[None]:
         """Around one request: lets the micro-batcher know a forward call may come (see core.batching)."""
@@ -113,10 +117,10 @@ class MicroscopyModel(ABC):
 
     @abstractmethod
     def preprocess(self, inputs: Any, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
-        """The network's input batch, and whatever postprocess needs to map outputs back to the image."""
+        """The network's input batch, and whatever postprocess needs to map its answers back to the image."""
 
     @abstractmethod
-    def postprocess(self, outputs: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
+    def postprocess(self, probabilities: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
         """The response body's model part: at least ``predictions``."""
 
     @property
@@ -145,44 +149,3 @@ class MicroscopyModel(ABC):
     def to_geojson(self, result: dict[str, Any]) -> dict[str, Any]:
         """``format=geojson`` (models that list it in ``formats``)."""
         raise NotImplementedError
-
-    # ---- whole slides (models that set ``takes_slides``; run as jobs by core.jobs) ----------------------
-    takes_slides: bool = False
-
-    def check_slide(self, slide: Any, options: dict[str, Any]) -> None:
-        """Refuse (ClientError) at submission a slide this model could not analyse; by default accept."""
-
-    def analyse_slide(self, slide: Any, options: dict[str, Any], progress: Callable[[float, str], None]) -> Any:
-        """A whole slide (an OpenSlide object) → :class:`core.wsi.SlideAnalysis`; ``progress(fraction, note)``."""
-        raise NotImplementedError(f"model '{self.spec.id}' does not analyse whole slides")
-
-    # ---- training hooks (used by ``python -m core.training``) -------------------------------------
-    def training_data(self, data_dir: Path) -> Iterator[tuple[np.ndarray, int, str]]:
-        """(network input, label index, group) for every training example; by default one per file.
-
-        A model whose files hold many examples (objects in a field) overrides this instead.
-        """
-        for example in self.training_examples(data_dir):
-            with Image.open(example.path) as image:
-                yield self.training_input(image), example.label, example.group
-
-    def training_examples(self, data_dir: Path) -> list[Example]:
-        raise NotImplementedError(f"model '{self.spec.id}' cannot be trained with the shared command")
-
-    def training_input(self, image: Image.Image) -> np.ndarray:
-        """One training file turned into the network's input, exactly as predict would see it."""
-        raise NotImplementedError
-
-    def predefined_test(self, groups: np.ndarray) -> np.ndarray | None:
-        """A test split fixed by the data (boolean mask over examples, e.g. a data set's own validation
-        slides), or None to hold out one of the grouped folds."""
-        return None
-
-    def calibrate(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
-        """Inference settings chosen on the validation groups (never the test groups), with the trained network
-        in ``self.network``; written into model.json's ``inference``. None: nothing to choose."""
-        return None
-
-    def evaluate_detection(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
-        """Object-level figures on the held-out groups, with the trained network in ``self.network``."""
-        return None

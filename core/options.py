@@ -14,8 +14,9 @@ _FALSE = {"0", "false", "no", "off"}
 class Option:
     name: str
     type: type
-    default: Any
     help: str
+    #: set from model.json's ``defaults`` when the model is built (see core.model_base)
+    default: Any = None
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None

@@ -29,16 +29,13 @@ def tensorflow_forward(network) -> tuple[Forward, object]:
     return (lambda batch: function(batch).numpy()), function
 
 
-def onnx_forward(function, threads: int = 0) -> Forward:
-    """The traced function converted to ONNX and run by ONNX Runtime (``threads`` 0: its default)."""
+def onnx_forward(function) -> Forward:
+    """The traced function converted to ONNX and run by ONNX Runtime (its default threads)."""
     import onnxruntime
     import tf2onnx
 
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=17)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: batch})[0]
 

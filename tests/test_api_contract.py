@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from tests.images import blank, encode, smear
@@ -29,7 +31,10 @@ def test_metadata_lists_every_model_from_model_json(client):
 def test_one_model_metadata_has_measured_metrics_and_options(client):
     meta = client.get("/model/leukocyte/metadata").get_json()
     assert meta["id"] == "leukocyte" and meta["status"] == "ready"
-    assert 0.0 <= meta["metrics"]["test"]["accuracy"] <= 1.0
+    test = meta["metrics"]["test"]
+    confusion = np.array(test["confusion_matrix"]["rows_true_columns_predicted"])
+    assert test["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-4)
+    assert confusion.sum() == test["examples"]
     assert "held-out" in meta["metrics"]["split"]
     assert {option["name"] for option in meta["options"]} == {"format", "scale"}
 
@@ -75,9 +80,12 @@ def test_scale_option_maps_boxes_back_to_upload_pixels(client):
 
 
 def test_options_are_accepted_as_query_fields_too(client):
-    response = client.post("/model/leukocyte/predict?scale=1.0",
-                           data={"image": (io.BytesIO(encode(smear())), "a.png")}, content_type="multipart/form-data")
-    assert response.status_code == 200
+    image = encode(smear(size=(640, 480), leukocytes=((320, 240, 60),), platelets=()))
+    as_form = predict(client, image=image, scale="0.5").get_json()
+    as_query = client.post("/model/leukocyte/predict?scale=0.5", data={"image": (io.BytesIO(image), "a.png")},
+                           content_type="multipart/form-data").get_json()
+    unscaled = predict(client, image=image).get_json()
+    assert as_query["predictions"] == as_form["predictions"] != unscaled["predictions"]
 
 
 def test_format_png_returns_the_upload_with_boxes_drawn(client):

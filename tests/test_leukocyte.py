@@ -36,13 +36,13 @@ def test_crop_window_pads_at_the_border():
 @needs(LEUKOCYTE_DATA)
 def test_real_crops_of_held_out_cells_get_the_right_label(app):
     """Crops of cells the shipped model never saw (its test fold), ten per class, drawn at random."""
-    from core.models.leukocyte import FILE_PATTERN
+    from core.models.leukocyte_training import FILE_PATTERN, LeukocyteTraining
     from core.training.data import grouped_split
 
     meta = json.loads((ROOT / "assets" / "leukocyte" / "model.json").read_text())
     settings = meta["training"]["settings"]
     model = app.extensions["mmax_registry"].get("leukocyte")
-    examples = model.training_examples(LEUKOCYTE_DATA)
+    examples = LeukocyteTraining(model).files(LEUKOCYTE_DATA)
     y = np.array([e.label for e in examples])
     groups = np.array([e.group for e in examples])
     _, test = grouped_split(y, groups, settings["folds"], settings["fold"], settings["seed"])

@@ -12,16 +12,11 @@ from PIL import Image, ImageDraw
 from skimage.color import rgb2hed
 
 from core.assets import read_spec
-from core.models.mitosis import (
-    MitosisModel,
-    dense_centres,
-    hematoxylin,
-    match_points,
-    merge_duplicates,
-    propose,
-    read_figures,
-)
+from core.evaluation import match_points
+from core.models.mitosis import MitosisModel, dense_centres, hematoxylin, merge_duplicates, propose
+from core.models.mitosis_training import MitosisTraining, read_figures
 from core.tta import dihedral_mean
+from core.wsi.engine import analyse_local
 from core.wsi.slide import open_slide
 from tests.conftest import SHARED, needs
 from tests.images import encode, pyramid_tiff
@@ -52,10 +47,10 @@ def test_haematoxylin_channel_is_scikit_images():
 
 
 def test_candidates_are_the_dark_nuclei():
-    centres = propose(np.asarray(he_field()), SPEC.input["proposals"])
+    centres = propose(np.asarray(he_field()), SPEC.meta["input"]["proposals"])
     found = {(x, y) for x, y in BLOBS if np.hypot(centres[:, 1] - x, centres[:, 0] - y).min() <= 3}
     assert found == set(BLOBS) and len(centres) == len(BLOBS)
-    assert len(propose(np.full((64, 64, 3), 232, np.uint8), SPEC.input["proposals"])) == 0  # glass: none
+    assert len(propose(np.full((64, 64, 3), 232, np.uint8), SPEC.meta["input"]["proposals"])) == 0  # glass: none
 
 
 def test_duplicates_within_the_radius_keep_the_most_probable():
@@ -131,7 +126,7 @@ def test_png_marks_the_mitoses_and_geojson_has_points(client):
 def test_views_are_averaged_only_for_windows_that_may_be_mitoses(app, monkeypatch):
     model = app.extensions["mmax_registry"].models["mitosis"]
     rgb = np.asarray(he_field())
-    batch = model.network_windows(rgb, propose(rgb, SPEC.input["proposals"])).astype(np.float32)
+    batch = model.network_windows(rgb, propose(rgb, SPEC.meta["input"]["proposals"])).astype(np.float32)
     plain, averaged = model._run_batches(batch), dihedral_mean(model._run_batches, batch)
     monkeypatch.setitem(model.spec.meta["inference"], "tta_above", 0.0)  # every window is doubtful
     assert np.allclose(model.run_network(batch), averaged, atol=1e-5)
@@ -170,8 +165,8 @@ def test_a_whole_slide_counts_mitoses_in_tissue_only(app, tmp_path):
     nuclei = NUCLEI
     path = slide_with_nuclei(tmp_path / "slide.tif")
     notes = []
-    analysis = model.analyse_slide(open_slide(path), {"mpp": 0.0, "threshold": 0.0},
-                                   lambda fraction, note: notes.append(fraction))
+    analysis = analyse_local(model, open_slide(path), {"mpp": 0.0, "threshold": 0.0},
+                             lambda fraction, note: notes.append(fraction))
     result = analysis.result
     assert notes[-1] == pytest.approx(1.0) and result["count"] == len(nuclei)
     found = np.array([(m["x"], m["y"]) for m in result["predictions"]])
@@ -213,15 +208,15 @@ def write_crop_set(root: Path) -> None:
 def test_training_windows_positives_at_figures_negatives_away_from_every_figure(tmp_path):
     write_crop_set(tmp_path)
     model = MitosisModel(SPEC)
-    examples = list(model.training_data(tmp_path))
+    examples = list(MitosisTraining(model).examples(tmp_path))
     names = SPEC.label_names
     by_group = {group for _, _, group in examples}
     assert by_group == {"TUPAC16/s1.tiff", "MIDOG21/s2.tiff"}
     labels = [names[label] for _, label, _ in examples]
-    assert labels.count("atypical") == 1 + SPEC.input["training"]["shifted"]
-    assert labels.count("normal") == 2 * (1 + SPEC.input["training"]["shifted"])
+    assert labels.count("atypical") == 1 + SPEC.meta["input"]["training_sampling"]["shifted"]
+    assert labels.count("normal") == 2 * (1 + SPEC.meta["input"]["training_sampling"]["shifted"])
     assert "non_mitosis" in labels
-    assert all(x.shape == tuple(SPEC.input["network_input"]) for x, _, _ in examples)
+    assert all(x.shape == tuple(SPEC.meta["input"]["network_input"]) for x, _, _ in examples)
 
 
 @needs(MITOSIS_DATA)
@@ -240,12 +235,10 @@ def test_shipped_model_finds_figures_on_held_out_slides(client):
     assert len(sample) >= 30 and found / len(sample) >= 0.6
 
 
-def test_command_line_runs_the_local_engine_and_refuses_spark(tmp_path, capsys):
+def test_command_line_runs_a_slide(tmp_path):
     from core.wsi.__main__ import main as wsi_main
 
     path = slide_with_nuclei(tmp_path / "slide.tif")
-    assert wsi_main(["predict", str(path), "--model", "mitosis", "--engine", "spark", "--out", str(tmp_path)]) == 2
-    assert "--engine local" in capsys.readouterr().err
     out = tmp_path / "out"
     assert wsi_main(["predict", str(path), "--model", "mitosis", "--option", "threshold=0", "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())

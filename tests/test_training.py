@@ -34,8 +34,9 @@ def test_training_command_writes_a_model_the_service_loads(tmp_path: Path):
                 "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     meta = json.loads((out / "model.json").read_text())
     report = meta["metrics"]["test"]
-    assert report["examples"] > 0 and 0.0 <= report["accuracy"] <= 1.0
-    assert len(report["confusion_matrix"]["rows_true_columns_predicted"]) == 4
+    confusion = np.array(report["confusion_matrix"]["rows_true_columns_predicted"])
+    assert confusion.shape == (4, 4) and confusion.sum() == report["examples"] > 0
+    assert report["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-4)
     assert set(report["per_class"]) == set(CLASSES)
     assert meta["training"]["command"].startswith("python -m core.training leukocyte")
     assert meta["training"]["settings"]["weights"] == "none" and meta["inference"]["tta"] is True

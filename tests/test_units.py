@@ -33,8 +33,8 @@ def test_sixteen_bit_grey_is_stretched_to_eight_bit_rgb():
 
 
 def test_options_parse_defaults_types_and_unknowns():
-    declared = (Option("scale", float, 1.0, "s", minimum=0.1, maximum=4.0),
-                Option("format", str, "json", "f", choices=("json", "png")), Option("draw", bool, False, "d"))
+    declared = (Option("scale", float, "s", 1.0, minimum=0.1, maximum=4.0),
+                Option("format", str, "f", "json", choices=("json", "png")), Option("draw", bool, "d", False))
     assert parse_options(declared, {}, set()) == {"scale": 1.0, "format": "json", "draw": False}
     assert parse_options(declared, {"scale": " 2 ", "draw": "yes"}, set())["scale"] == 2.0
     for given in ({"scale": "0"}, {"format": "PNGX"}, {"draw": "maybe"}, {"other": "1"}):

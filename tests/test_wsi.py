@@ -9,6 +9,7 @@ import pytest
 from core.errors import ClientError, UnsupportedImage
 from core.wsi import engine, outputs
 from core.wsi.slide import image_slide, open_slide, slide_mpp
+from core.wsi.slide_model import SlideAnalysis, SlideModel
 from core.wsi.tissue import tissue_mask
 from tests.conftest import SVS, needs
 from tests.images import pyramid_tiff, section
@@ -20,6 +21,23 @@ def darkness(windows: np.ndarray) -> np.ndarray:
     """A scorer with a known answer: how dark each window's central cell is (1 = black)."""
     centre = windows[:, 16:32, 16:32].astype(np.float32)
     return 1.0 - centre.mean(axis=(1, 2, 3)) / 255.0
+
+
+class Darkness(SlideModel):
+    """The smallest slide model: the engine's grid of ``darkness`` scores."""
+
+    def plan(self, slide, options, max_cells=None):
+        return engine.plan_slide(slide, SPEC, 0.25)
+
+    def analyse_block(self, pixels, plan, block, options):
+        return engine.score_cells(pixels, plan, block, darkness)
+
+    def slide_analysis(self, slide, plan, found, options):
+        return SlideAnalysis({"grid": engine.assemble(plan, found)}, None, {})
+
+
+def score_grid(slide, plan, progress=None) -> np.ndarray:
+    return engine.assemble(plan, engine.analyse_blocks(Darkness(), slide, plan, {}, progress))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +83,7 @@ def test_regions_land_where_the_dark_square_is_in_level0_pixels(slide_file):
     slide = open_slide(slide_file)
     plan = engine.plan_slide(slide, SPEC, 0.25)
     progress = []
-    grid = engine.score_local(slide, plan, darkness, lambda fraction, note: progress.append(fraction))
+    grid = score_grid(slide, plan, lambda fraction, note: progress.append(fraction))
     assert progress and progress[-1] == pytest.approx(1.0) and progress == sorted(progress)
     assert np.isnan(grid[~plan.tissue]).all() and np.isfinite(grid[plan.tissue]).all()
     found = outputs.regions(grid, 0.5, plan.cell_level0, 0.25)
@@ -85,7 +103,7 @@ def test_every_level_gives_the_same_answer(slide_file):
     slide = open_slide(slide_file)
     plans = [engine.plan_slide(slide, SPEC, 0.25)]
     plans.append(engine.Plan(SPEC, 0.25, 0, plans[0].rows, plans[0].cols, plans[0].tissue, plans[0].blocks))
-    grids = [engine.score_local(slide, plan, darkness) for plan in plans]
+    grids = [score_grid(slide, plan) for plan in plans]
     assert (grids[0] >= 0.5).sum() == pytest.approx((grids[1] >= 0.5).sum(), abs=4)
     assert np.nanmax(np.abs(grids[0] - grids[1])) < 0.1
 

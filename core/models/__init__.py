@@ -1,1 +1,2 @@
-"""One module per model id; each sets ``MODEL_CLASS`` to its :class:`core.model_base.MicroscopyModel`."""
+"""One module per model id (``<id>.py``, setting ``MODEL_CLASS``: serving) and its training recipe
+(``<id>_training.py``, setting ``RECIPE``: data, sampling, calibration, evaluation)."""

@@ -7,9 +7,7 @@ uses the very same detection and window (``training_input``), so serving sees wh
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,12 +16,12 @@ from scipy import ndimage as ndi
 from skimage import filters, measure, morphology
 
 from core.imageio import to_rgb8
-from core.model_base import Example, MicroscopyModel
+from core.input_spec import InputSpec
+from core.model_base import MicroscopyModel
 from core.options import Option
 
 # Blue minus green of a nucleus pixel is typically 60-150; of red cells and background below 30.
 STAIN_FLOOR = 40
-FILE_PATTERN = re.compile(r"_(\d+)_(\d+)\.jpe?g$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -64,20 +62,20 @@ def crop_window(rgb: np.ndarray, centre: tuple[float, float], size: int) -> np.n
     return padded[y:y + size, x:x + size]
 
 
+@dataclass(frozen=True)
+class LeukocyteInput(InputSpec):
+    example_sizes: list[str]     # upload sizes the model was made for, in words
+    window_px: int               # the window around a leukocyte the network sees
+    min_nucleus_area_px: int     # smaller purple objects are platelets
+
+
 class LeukocyteModel(MicroscopyModel):
+    Input = LeukocyteInput
     options = (
-        Option("scale", float, 1.0,
+        Option("scale", float,
                "resize factor that brings the upload to the model's scale (a red cell about 40 px across; "
                "0.5 for 640x480 BCCD fields)", minimum=0.1, maximum=4.0),
     )
-
-    @property
-    def window(self) -> int:
-        return int(self.spec.input["crop_px"])
-
-    @property
-    def min_area(self) -> int:
-        return int(self.spec.input["min_nucleus_area_px"])
 
     def preprocess(self, inputs: Image.Image, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
         scale = options["scale"]
@@ -86,23 +84,23 @@ class LeukocyteModel(MicroscopyModel):
             size = (max(1, round(inputs.width * scale)), max(1, round(inputs.height * scale)))
             image = inputs.resize(size, Image.Resampling.BILINEAR)
         rgb = to_rgb8(image)
-        cells = find_leukocytes(rgb, self.min_area)
-        batch = np.stack([crop_window(rgb, cell.centre, self.window) for cell in cells]) if cells \
-            else np.zeros((0, self.window, self.window, 3), np.uint8)
+        cells = find_leukocytes(rgb, self.input.min_nucleus_area_px)
+        batch = np.stack([crop_window(rgb, cell.centre, self.input.window_px) for cell in cells]) if cells \
+            else np.zeros((0, self.input.window_px, self.input.window_px, 3), np.uint8)
         return batch.astype(np.float32), (cells, scale)
 
-    def postprocess(self, outputs: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
+    def postprocess(self, probabilities: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
         cells, scale = context
         names = self.spec.label_names
         predictions = []
-        for cell, probabilities in zip(cells, outputs):
-            best = int(np.argmax(probabilities))
+        for cell, per_class in zip(cells, probabilities):
+            best = int(np.argmax(per_class))
             x, y, w, h = (round(v / scale) for v in cell.bbox)
             predictions.append({
                 "label": names[best],
-                "probability": round(float(probabilities[best]), 4),
+                "probability": round(float(per_class[best]), 4),
                 "bbox": [x, y, w, h],
-                "probabilities": {name: round(float(p), 4) for name, p in zip(names, probabilities)},
+                "probabilities": {name: round(float(p), 4) for name, p in zip(names, per_class)},
             })
         counts = {name: sum(p["label"] == name for p in predictions) for name in names}
         return {"predictions": predictions, "counts": counts}
@@ -112,23 +110,12 @@ class LeukocyteModel(MicroscopyModel):
         ImageDraw.Draw(image).ellipse([130, 90, 190, 150], fill=(110, 60, 170))
         return image
 
-    # ---- training ----------------------------------------------------------------------------------
-    def training_examples(self, data_dir: Path) -> list[Example]:
-        """``<class>/_N_M.jpeg`` files; N is the original cell, so all its augmentations share a group."""
-        examples = []
-        for label, name in enumerate(self.spec.label_names):
-            for path in sorted((data_dir / name).glob("*")):
-                match = FILE_PATTERN.search(path.name)
-                if match:
-                    examples.append(Example(path, label, f"{name}/{match.group(1)}"))
-        return examples
-
-    def training_input(self, image: Image.Image) -> np.ndarray:
+    def network_input(self, image: Image.Image) -> np.ndarray:
+        """The window around the largest leukocyte of a crop (its centre when none is found)."""
         rgb = to_rgb8(image)
-        cells = find_leukocytes(rgb, self.min_area)
-        # The labelled cell is the largest one; a crop without any falls back to its centre.
+        cells = find_leukocytes(rgb, self.input.min_nucleus_area_px)
         centre = max(cells, key=lambda c: c.area).centre if cells else (rgb.shape[1] / 2, rgb.shape[0] / 2)
-        return crop_window(rgb, centre, self.window)
+        return crop_window(rgb, centre, self.input.window_px)
 
 
 MODEL_CLASS = LeukocyteModel

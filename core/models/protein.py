@@ -8,21 +8,19 @@ threshold, calibrated on validation fields. Field labels are the union over cell
 """
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 from skimage import feature, filters, measure, morphology, segmentation
 
-from core.errors import ClientError, ImageTooLarge, UnsupportedImage
-from core.imageio import decode_image
+from core.errors import ClientError, UnsupportedImage
+from core.imageio import decode_image, grey_to_unit, tiff_channels
+from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
-from core.multilabel import field_scores, labels_to_mask
+from core.multilabel import field_scores
 from core.options import Option
 
 CHANNELS = ("red", "green", "blue", "yellow")
@@ -35,39 +33,6 @@ class Field:
     @property
     def size(self) -> tuple[int, int]:
         return self.channels.shape[1], self.channels.shape[0]
-
-
-def grey_to_unit(image: Image.Image) -> np.ndarray:
-    """One channel as float 0..1 from 8-bit, 16-bit or float greyscale (colour is averaged)."""
-    if image.mode in {"I;16", "I;16B", "I;16L"}:
-        return np.asarray(image, np.float32) / 65535.0
-    if image.mode in {"I", "F"}:
-        array = np.asarray(image, np.float32)
-        top = float(array.max())
-        return array / top if top > 1.0 else np.clip(array, 0, 1)
-    return np.asarray(image.convert("L"), np.float32) / 255.0
-
-
-def _tiff_channels(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """A 4-page or 4-channel TIFF as H×W×4 in 0..1; None if the TIFF does not hold four channels."""
-    import tifffile
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        pages = tif.pages
-        if len(pages) >= 4 and all(len(p.shape) == 2 for p in list(pages)[:4]):
-            height, width = pages[0].shape
-            if height * width > max_pixels:
-                raise ImageTooLarge(f"the 'image' TIFF is {width}x{height} px per channel; the limit is {max_pixels:,}")
-            stack = np.stack([pages[k].asarray() for k in range(4)], axis=-1)
-        else:
-            shape = pages[0].shape
-            if len(shape) != 3 or 4 not in (shape[0], shape[-1]) or shape[0] * shape[1] * shape[2] // 4 > max_pixels:
-                return None
-            stack = pages[0].asarray()
-            stack = stack if stack.shape[-1] == 4 else np.moveaxis(stack, 0, -1)
-    stack = stack.astype(np.float32)
-    top = {np.dtype("uint8"): 255.0, np.dtype("uint16"): 65535.0}.get(np.dtype(stack.dtype), float(stack.max()) or 1.0)
-    return np.clip(stack / top, 0, 1)
 
 
 def segment_cells(channels: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
@@ -116,20 +81,22 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
+@dataclass(frozen=True)
+class ProteinInput(InputSpec):
+    segmentation: dict[str, Any]   # parameters of segment_cells
+    composite: str                 # how the four channels become the network's RGB, in words
+
+
 class ProteinModel(MicroscopyModel):
+    Input = ProteinInput
     options = (
-        Option("threshold_scale", float, 1.0, "multiplies every class's calibrated threshold: below 1 reports "
+        Option("threshold_scale", float, "multiplies every class's calibrated threshold: below 1 reports "
                "more labels (recall), above 1 fewer (precision)", minimum=0.1, maximum=5.0),
-        Option("drop_border_cells", bool, False, "leave out cells cut by the image border"),
-        Option("scale", float, 1.0, "resize factor to the model's scale (0.25 for 2048x2048 HPA fields)",
+        Option("drop_border_cells", bool, "leave out cells cut by the image border"),
+        Option("scale", float, "resize factor to the model's scale (0.25 for 2048x2048 HPA fields)",
                minimum=0.1, maximum=4.0),
     )
-    multi_label = True
     channel_fields = CHANNELS  # uploads besides 'image' (listed in the Swagger form)
-
-    @property
-    def size(self) -> int:
-        return int(self.spec.input["cell_px"])
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -147,7 +114,7 @@ class ProteinModel(MicroscopyModel):
             data = uploads["image"]
             if data[:4] in (b"II*\x00", b"MM\x00*"):
                 try:
-                    stack = _tiff_channels(data, max_pixels)
+                    stack = tiff_channels(data, max_pixels)
                 except ClientError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a corrupt TIFF is the client's file
@@ -171,7 +138,7 @@ class ProteinModel(MicroscopyModel):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             channels = np.stack([np.asarray(Image.fromarray(channels[..., k]).resize(size, Image.Resampling.BILINEAR))
                                  for k in range(4)], axis=-1)
-        cells = segment_cells(channels, self.spec.input["segmentation"])
+        cells = segment_cells(channels, self.input.segmentation)
         if options.get("drop_border_cells"):
             cells = segmentation.clear_border(cells)
         return channels, cells, scale
@@ -179,33 +146,33 @@ class ProteinModel(MicroscopyModel):
     def preprocess(self, inputs: Field, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
         channels, cells, scale = self.segment(inputs, options)
         regions = measure.regionprops(cells)
-        batch = np.stack([cell_crop(channels, cells, r, self.size) for r in regions]) if regions \
-            else np.zeros((0, self.size, self.size, 3), np.uint8)
+        batch = np.stack([cell_crop(channels, cells, r, self.input.network_px) for r in regions]) if regions \
+            else np.zeros((0, self.input.network_px, self.input.network_px, 3), np.uint8)
         return batch.astype(np.float32), (cells, regions, scale, inputs.size)
 
-    def postprocess(self, outputs: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
+    def postprocess(self, probabilities: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
         cells, regions, scale, (width, height) = context
         names = self.spec.label_names
         thresholds = np.clip(self.thresholds * options["threshold_scale"], 0, 1)
         predictions = []
-        for number, (region, probabilities) in enumerate(zip(regions, outputs), 1):
+        for number, (region, per_class) in enumerate(zip(regions, probabilities), 1):
             mask = cells == region.label
             if scale != 1.0:
                 mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
             ys, xs = np.nonzero(mask)
-            above = np.flatnonzero(probabilities >= thresholds)
-            ranked = above[np.argsort(-probabilities[above])]
-            top = int(np.argmax(probabilities))
+            above = np.flatnonzero(per_class >= thresholds)
+            ranked = above[np.argsort(-per_class[above])]
+            top = int(np.argmax(per_class))
             predictions.append({
                 "cell_id": number,
                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
                 if len(xs) else [0, 0, 0, 0],
                 "mask": rle(mask),
-                "label": names[top], "probability": round(float(probabilities[top]), 4),
-                "labels": [{"id": int(k), "label": names[k], "probability": round(float(probabilities[k]), 4)}
+                "label": names[top], "probability": round(float(per_class[top]), 4),
+                "labels": [{"id": int(k), "label": names[k], "probability": round(float(per_class[k]), 4)}
                            for k in ranked],
             })
-        field = field_scores(outputs) if len(outputs) else np.zeros(len(names))  # as training's report
+        field = field_scores(probabilities) if len(probabilities) else np.zeros(len(names))  # as training's report
         above = np.flatnonzero(field >= thresholds)
         image_labels = [{"id": int(k), "label": names[k], "probability": round(float(field[k]), 4)}
                         for k in above[np.argsort(-field[above])]]
@@ -239,36 +206,6 @@ class ProteinModel(MicroscopyModel):
             channels[..., 1] += (r2 < 45 ** 2) * 0.3
             channels[..., 3] += (r2 < 45 ** 2) * 0.3
         return Field(np.clip(channels, 0, 1))
-
-    # ---- training ----------------------------------------------------------------------------------
-    def training_sources(self, data_dir: Path) -> list[Path]:
-        """Folders in Kaggle's layout (``train.csv`` or ``labels.csv`` + ``train/`` or ``images/``): the data
-        dir itself, or each of its subfolders."""
-        def usable(folder: Path) -> bool:
-            return any((folder / name).is_file() for name in ("train.csv", "labels.csv"))
-
-        if usable(data_dir):
-            return [data_dir]
-        named = self.spec.meta.get("data", {}).get("sources")  # the shared data: only 2018-scheme sets
-        return [p for p in sorted(data_dir.iterdir())
-                if p.is_dir() and usable(p) and (named is None or p.name in named)]
-
-    def training_data(self, data_dir: Path) -> Iterator[tuple[np.ndarray, int, str]]:
-        """One example per segmented cell, labelled with its field's labels (a bit mask); group = field."""
-        defaults = {"scale": 1.0, "drop_border_cells": False}
-        for source in self.training_sources(data_dir):
-            table = source / ("train.csv" if (source / "train.csv").is_file() else "labels.csv")
-            images = source / ("train" if (source / "train").is_dir() else "images")
-            with open(table, newline="") as handle:
-                for row in csv.DictReader(handle):
-                    labels = [int(v) for v in row["Target"].replace("|", " ").split()]
-                    planes = []
-                    for name in CHANNELS:
-                        with Image.open(images / f"{row['Id']}_{name}.png") as image:
-                            planes.append(grey_to_unit(image))
-                    batch, _ = self.preprocess(Field(np.stack(planes, axis=-1)), defaults)
-                    for crop in batch.astype(np.uint8):
-                        yield crop, labels_to_mask(labels), f"{source.name}/{row['Id']}"
 
 
 MODEL_CLASS = ProteinModel

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="use at most this many groups per class, one file each (smoke runs)")
     parser.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of model.json's input spec for this run (JSON value), e.g. "
-                             "--input network_size=32; the written model.json keeps it")
+                             "--input 'network_input=[32,32,3]'; the written model.json keeps it")
     parser.add_argument("--no-tta", dest="tta", action="store_false",
                         help="serve without 8-fold dihedral test-time augmentation")
     parser.add_argument("--cross-validate", action="store_true",
@@ -64,14 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         input_overrides=dict(_key_value(item) for item in args.input),
         command="python -m core.training " + shlex.join(argv if argv is not None else sys.argv[1:]),
     )
-    from core.registry import model_class
-
-    if model_class(args.model_id).multi_label:
-        from core.training.multilabel import cross_validate_multilabel, train_multilabel
-
-        (cross_validate_multilabel if args.cross_validate else train_multilabel)(settings)
-    else:
-        (cross_validate if args.cross_validate else train)(settings)
+    (cross_validate if args.cross_validate else train)(settings)
 
 
 if __name__ == "__main__":

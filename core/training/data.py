@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.model_base import MicroscopyModel
+from core.training.recipe import TrainingRecipe
 
 
 @dataclass
@@ -23,30 +23,32 @@ class Arrays:
         return Arrays(self.x[index], self.y[index], self.groups[index])
 
 
-def _data_fingerprint(model: MicroscopyModel, data_dir: Path) -> str:
+def _data_fingerprint(recipe: TrainingRecipe, data_dir: Path) -> str:
     """Changes when the input spec or any file under data_dir (name, size, time) changes."""
     files = sorted((str(p.relative_to(data_dir)), p.stat().st_size, int(p.stat().st_mtime))
                    for p in data_dir.rglob("*") if p.is_file())
-    source = json.dumps([model.spec.id, model.spec.input, str(data_dir.resolve()), files])
+    spec = recipe.model.spec
+    source = json.dumps([spec.id, spec.meta.get("input"), str(data_dir.resolve()), files])
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def load_arrays(model: MicroscopyModel, data_dir: Path, cache_dir: Path) -> Arrays:
-    """Every example of ``model.training_data`` as arrays, cached until the data or input spec change."""
-    cache = cache_dir / f"{model.spec.id}-{_data_fingerprint(model, data_dir)}.npz"
+def load_arrays(recipe: TrainingRecipe, data_dir: Path, cache_dir: Path) -> Arrays:
+    """Every example of ``recipe.examples`` as arrays, cached until the data or input spec change."""
+    model_id = recipe.model.spec.id
+    cache = cache_dir / f"{model_id}-{_data_fingerprint(recipe, data_dir)}.npz"
     if cache.is_file():
         with np.load(cache) as saved:
             print(f"[data] {len(saved['y'])} examples from cache {cache}", flush=True)
             return Arrays(saved["x"], saved["y"], saved["groups"])
     started, inputs, labels, groups = time.perf_counter(), [], [], []
-    for x, label, group in model.training_data(data_dir):
+    for x, label, group in recipe.examples(data_dir):
         inputs.append(x)
         labels.append(label)
         groups.append(group)
         if len(inputs) % 250 == 0:
             print(f"[data] prepared {len(inputs)} examples ({time.perf_counter() - started:.0f} s)", flush=True)
     if not inputs:
-        raise SystemExit(f"no training examples for '{model.spec.id}' under {data_dir}")
+        raise SystemExit(f"no training examples for '{model_id}' under {data_dir}")
     print(f"[data] prepared {len(inputs)} examples ({time.perf_counter() - started:.0f} s)", flush=True)
     arrays = Arrays(np.stack(inputs), np.array(labels), np.array(groups))
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -116,12 +118,14 @@ def shuffled_batches(tensors: tuple[np.ndarray, ...], batch_size: int, shuffle: 
                        *(tf.gather(c, index) for c in constants[1:])))
 
 
-def dataset(arrays: Arrays, batch_size: int, augment: bool, seed: int, fill: str = "constant"):
+def dataset(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, batch_size: int, augment: bool, seed: int,
+            fill: str = "constant"):
+    """Batches of (pixels, targets[, per-example weights]); shuffled and augmented for training."""
     import tensorflow as tf
 
-    data = shuffled_batches((arrays.x, arrays.y), batch_size, augment, seed)
+    data = shuffled_batches((x, y) if weights is None else (x, y, weights), batch_size, augment, seed)
     if augment:
         layers = augmenter(seed, fill)
-        data = data.map(lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y),
+        data = data.map(lambda xb, *rest: (tf.clip_by_value(layers(xb, training=True), 0.0, 255.0), *rest),
                         num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -34,15 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     from core.errors import ClientError
     from core.options import parse_options
     from core.registry import model_class
+    from core.wsi.engine import analyse_local
     from core.wsi.slide import open_slide
-    from core.wsi.spark import score_spark
+    from core.wsi.slide_model import SlideModel
+    from core.wsi.spark import analyse_spark
 
     try:
         model = model_class(args.model)(read_spec(args.assets / args.model))
-        if not model.takes_slides:
+        if not isinstance(model, SlideModel):
             raise ClientError(f"model '{args.model}' does not analyse whole slides")
-        if args.engine == "spark" and not hasattr(model, "score_tiles"):
-            raise ClientError(f"the Spark engine scores tile grids; model '{args.model}' runs with --engine local")
         given = dict(item.partition("=")[::2] for item in args.option)
         options = parse_options(model.declared_options(), given, ignore=set())
         slide = open_slide(args.slide)
@@ -52,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     if args.engine == "spark":
-        plan, mpp = model.plan(slide, options)
-        print(f"[plan] {plan.rows}x{plan.cols} grid, {int(plan.tissue.sum()):,} tissue tiles in "
-              f"{len(plan.blocks)} blocks, level {plan.level}", flush=True)
-        grid = score_spark(args.slide, args.model, args.assets, plan, args.master, args.partitions)
-        analysis = model.slide_analysis(slide, plan, grid, mpp, options)
+        analysis = analyse_spark(model, args.slide, args.assets, options, args.master, args.partitions)
     else:
         model.load()
         last = [0.0]
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 last[0] = fraction
                 print(f"[progress] {fraction:.0%} {note}", flush=True)
 
-        analysis = model.analyse_slide(slide, options, progress)
+        analysis = analyse_local(model, slide, options, progress)
     args.out.mkdir(parents=True, exist_ok=True)
     analysis.result["engine"] = args.engine
     (args.out / "result.json").write_text(json.dumps(analysis.result))

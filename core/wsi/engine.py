@@ -3,19 +3,23 @@
 A scorer sees ``window_px`` windows at ``mpp`` µm/px, one per grid cell of ``cell_px`` (the window centred
 on its cell). The slide is read at the pyramid level nearest above the scorer's resolution, a block of
 cells at a time (one read, one resize, then windows are slices), and only cells with tissue are scored.
-Every block is scored as its own batch sequence, so the local and the Spark engine give the same numbers.
+Every block is analysed on its own pixels by the model (:class:`core.wsi.slide_model.SlideModel`), so the
+local and the Spark engine give the same numbers.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from core.errors import ClientError
 from core.wsi.tissue import cell_fractions, tissue_mask
+
+if TYPE_CHECKING:
+    from core.wsi.slide_model import SlideAnalysis, SlideModel
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # uint8 N×window×window×3 → float N
 Progress = Callable[[float, str], None]
@@ -111,10 +115,9 @@ def read_block(slide, plan: Plan, block: Block) -> np.ndarray:
     return np.asarray(rgb.resize((out_w, out_h), Image.Resampling.BILINEAR))
 
 
-def score_block(slide, plan: Plan, block: Block, scorer: Scorer) -> np.ndarray:
-    """Scores of one block's cells (rows×cols; NaN where there is no tissue)."""
+def score_cells(pixels: np.ndarray, plan: Plan, block: Block, scorer: Scorer) -> np.ndarray:
+    """Scores of one block's tissue cells from its pixels (rows×cols; NaN where there is no tissue)."""
     spec = plan.spec
-    pixels = read_block(slide, plan, block)
     tissue = plan.tissue[block.row:block.row + block.rows, block.col:block.col + block.cols]
     scores = np.full(tissue.shape, np.nan, np.float32)
     cells = np.argwhere(tissue)
@@ -125,26 +128,28 @@ def score_block(slide, plan: Plan, block: Block, scorer: Scorer) -> np.ndarray:
     return scores
 
 
-def assemble(plan: Plan, scored: Iterator[tuple[int, np.ndarray]]) -> np.ndarray:
-    """The rows×cols grid from (block index, block scores) pairs in any order."""
+def assemble(plan: Plan, block_grids: list[np.ndarray]) -> np.ndarray:
+    """The rows×cols grid from every block's grid (in the order of ``plan.blocks``)."""
     grid = np.full((plan.rows, plan.cols), np.nan, np.float32)
-    for index, scores in scored:
-        block = plan.blocks[index]
+    for block, scores in zip(plan.blocks, block_grids):
         grid[block.row:block.row + block.rows, block.col:block.col + block.cols] = scores
     return grid
 
 
-def score_local(slide, plan: Plan, scorer: Scorer, progress: Progress | None = None) -> np.ndarray:
-    """Every block in this process, reporting progress after each."""
-    total = int(plan.tissue.sum())
+def analyse_blocks(model: SlideModel, slide, plan: Plan, options: dict[str, Any],
+                   progress: Progress | None = None) -> list[Any]:
+    """Every block's finding, in this process, reporting progress after each."""
+    total, done, found = max(1, int(plan.tissue.sum())), 0, []
+    for block in plan.blocks:
+        found.append(model.analyse_block(read_block(slide, plan, block), plan, block, options))
+        done += int(plan.tissue[block.row:block.row + block.rows, block.col:block.col + block.cols].sum())
+        if progress:
+            progress(done / total, f"analysed {done:,} of {total:,} tissue tiles")
+    return found
 
-    def scored() -> Iterator[tuple[int, np.ndarray]]:
-        done = 0
-        for index, block in enumerate(plan.blocks):
-            scores = score_block(slide, plan, block, scorer)
-            done += int(np.isfinite(scores).sum())
-            if progress:
-                progress(done / max(1, total), f"scored {done:,} of {total:,} tissue tiles")
-            yield index, scores
 
-    return assemble(plan, scored())
+def analyse_local(model: SlideModel, slide, options: dict[str, Any],
+                  progress: Progress | None = None) -> SlideAnalysis:
+    """A whole slide through ``model`` in this process (the Spark engine: core.wsi.spark)."""
+    plan = model.plan(slide, options)
+    return model.slide_analysis(slide, plan, analyse_blocks(model, slide, plan, options, progress), options)

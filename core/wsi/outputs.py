@@ -1,11 +1,14 @@
 """What people look at and import: a heatmap over the slide, tumour regions as polygons, GeoJSON."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage import measure
+
+from core.wsi.engine import THUMBNAIL_PX, Plan
+from core.wsi.slide import describe
 
 # Probability colour scale, blue (0) through green and yellow to red (1).
 _STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -73,6 +76,33 @@ def regions(grid: np.ndarray, threshold: float, cell_px: float, mpp: float | Non
     return sorted(found, key=lambda r: -r["area_px"])
 
 
+def slide_heatmap(slide, plan: Plan, grid: np.ndarray, title: str) -> Image.Image:
+    """``grid`` (one value per cell of ``plan``, NaN = not scored) over the slide's thumbnail, with its key."""
+    thumbnail = slide.get_thumbnail((THUMBNAIL_PX, THUMBNAIL_PX)).convert("RGB")
+    shrink = thumbnail.width / slide.dimensions[0]
+    extent = (plan.cols * plan.cell_level0 * shrink, plan.rows * plan.cell_level0 * shrink)
+    return heatmap_overlay(thumbnail, grid, extent, title)
+
+
+def slide_facts(slide, plan: Plan) -> dict[str, Any]:
+    """What every slide result starts with: the slide's size, levels and resolution, and the level read."""
+    return {"slide": describe(slide, plan.slide_mpp), "level_read": plan.level}
+
+
+def points_geojson(points: list[dict[str, Any]], class_of: Callable[[dict[str, Any]], str],
+                   colour_of: Callable[[dict[str, Any]], tuple[int, int, int]], measurements: tuple[str, ...],
+                   prefix: str) -> dict[str, Any]:
+    """Points (``x``, ``y`` in pixels) as a FeatureCollection QuPath imports as classified detections."""
+    features = [{
+        "type": "Feature", "id": f"{prefix}-{index}",
+        "geometry": {"type": "Point", "coordinates": [point["x"], point["y"]]},
+        "properties": {"objectType": "detection",
+                       "classification": {"name": class_of(point), "color": list(colour_of(point))},
+                       **{key: point[key] for key in measurements}},
+    } for index, point in enumerate(points, 1)]
+    return {"type": "FeatureCollection", "features": features}
+
+
 def polygons_geojson(found: list[dict[str, Any]], class_name: str, colour: tuple[int, int, int]) -> dict[str, Any]:
     """A FeatureCollection QuPath imports as classified annotations (pixel units, origin top left)."""
     features = []
@@ -95,10 +125,3 @@ def polygons_geojson(found: list[dict[str, Any]], class_name: str, colour: tuple
 def grid_json(grid: np.ndarray) -> list[list[float | None]]:
     """Rows of probabilities, ``null`` where nothing was scored (JSON has no NaN)."""
     return [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in grid]
-
-
-class SlideAnalysis:
-    """A whole-slide result: the JSON answer, a heatmap picture and a GeoJSON document."""
-
-    def __init__(self, result: dict[str, Any], heatmap: Image.Image, geojson: dict[str, Any]):
-        self.result, self.heatmap, self.geojson = result, heatmap, geojson

@@ -1,7 +1,7 @@
-"""The whole-slide engine on Apache Spark: the driver plans the grid, executors score blocks of tiles.
+"""The whole-slide engine on Apache Spark: the driver plans the grid, executors analyse its blocks.
 
-Each partition opens the slide and loads the model once, then scores its blocks exactly as
-:func:`core.wsi.engine.score_local` would, so both engines give the same grid. A cluster needs, on every
+Each partition opens the slide and loads the model once, then analyses its blocks exactly as
+:func:`core.wsi.engine.analyse_local` would, so both engines give the same result. A cluster needs, on every
 executor: Java 17+, this repository's Python packages (requirements.txt), the code and ``assets/`` at the
 same path (or shipped with ``--py-files``), and the slide at the path the driver was given (shared storage).
 """
@@ -16,10 +16,11 @@ import numpy as np
 
 from config import ROOT
 from core.wsi import engine
+from core.wsi.slide_model import SlideAnalysis, SlideModel
 
 
-def _score_partition(slide_path: str, model_id: str, assets_dir: str, plan: engine.Plan,
-                     items: Iterator[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _analyse_partition(slide_path: str, model_id: str, assets_dir: str, plan: engine.Plan,
+                       options: dict[str, Any], items: Iterator[int]) -> Iterator[tuple[int, Any]]:
     from core.assets import read_spec
     from core.registry import model_class
     from core.wsi.slide import open_slide
@@ -31,14 +32,21 @@ def _score_partition(slide_path: str, model_id: str, assets_dir: str, plan: engi
     model.load()
     slide = open_slide(Path(slide_path))
     for index in indices:
-        yield index, engine.score_block(slide, plan, plan.blocks[index], model.score_tiles)
+        block = plan.blocks[index]
+        yield index, model.analyse_block(engine.read_block(slide, plan, block), plan, block, options)
 
 
-def score_spark(slide_path: Path, model_id: str, assets_dir: Path, plan: engine.Plan, master: str,
-                partitions: int | None = None) -> np.ndarray:
-    """The plan's grid, its blocks scored by Spark executors (``master``: ``local[*]`` or a cluster URL)."""
+def analyse_spark(model: SlideModel, slide_path: Path, assets_dir: Path, options: dict[str, Any], master: str,
+                  partitions: int | None = None) -> SlideAnalysis:
+    """A whole slide through ``model``: planned and combined here, its blocks analysed by Spark executors
+    (``master``: ``local[*]`` or a cluster URL). The driver's model needs no weights."""
     from pyspark.sql import SparkSession
 
+    from core.wsi.slide import open_slide
+
+    slide = open_slide(slide_path)
+    plan = model.plan(slide, options)
+    model_id = model.spec.id
     # Executors run this interpreter and import this repository, wherever they were started from.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -52,10 +60,10 @@ def score_spark(slide_path: Path, model_id: str, assets_dir: Path, plan: engine.
         context = session.sparkContext
         context.setLogLevel("WARN")
         count = partitions or max(1, min(len(plan.blocks), context.defaultParallelism))
-        args: tuple[Any, ...] = (str(Path(slide_path).resolve()), model_id, str(Path(assets_dir).resolve()), plan)
-        scored = (context.parallelize(range(len(plan.blocks)), count)
-                  .mapPartitions(lambda items: _score_partition(*args, items))
-                  .collect())
+        args = (str(Path(slide_path).resolve()), model_id, str(Path(assets_dir).resolve()), plan, options)
+        analysed = dict(context.parallelize(range(len(plan.blocks)), count)
+                        .mapPartitions(lambda items: _analyse_partition(*args, items))
+                        .collect())
     finally:
         session.stop()
-    return engine.assemble(plan, iter(scored))
+    return model.slide_analysis(slide, plan, [analysed[index] for index in range(len(plan.blocks))], options)

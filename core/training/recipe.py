@@ -1,0 +1,75 @@
+"""How one model learns: the hooks the shared training command calls, one sibling module per model.
+
+``core/models/<id>_training.py`` subclasses :class:`TrainingRecipe` and sets ``RECIPE``. The serving model
+(``core/models/<id>.py``) stays free of data-set parsing, sampling, calibration and evaluation.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from core.model_base import MicroscopyModel
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training file: its path, label index and the group (original cell, slide…) it belongs to."""
+
+    path: Path
+    label: int
+    group: str
+
+
+class TrainingRecipe:
+    #: several labels per example (sigmoid outputs; examples carry a bit mask of label ids)
+    multi_label: bool = False
+    #: augmentation: how free rotations fill the corners ("constant" black, or "reflect" tissue)
+    rotation_fill: str = "constant"
+
+    def __init__(self, model: MicroscopyModel):
+        self.model = model
+
+    def examples(self, data_dir: Path) -> Iterator[tuple[np.ndarray, int, str]]:
+        """(network input, label, group) for every training example; by default one per file of :meth:`files`.
+        A recipe whose files hold many examples (objects in a field) overrides this instead."""
+        for example in self.files(data_dir):
+            with Image.open(example.path) as image:
+                yield self.network_input(image), example.label, example.group
+
+    def files(self, data_dir: Path) -> list[Example]:
+        raise NotImplementedError(f"model '{self.model.spec.id}' lists no training files")
+
+    def network_input(self, image: Image.Image) -> np.ndarray:
+        """One training file turned into the network's input, exactly as serving would see it."""
+        raise NotImplementedError
+
+    def predefined_test(self, groups: np.ndarray) -> np.ndarray | None:
+        """A test split fixed by the data (boolean mask over examples, e.g. a data set's own validation
+        slides), or None to hold out one of the grouped folds."""
+        return None
+
+    def calibrate(self, data_dir: Path, groups: set[str]) -> dict[str, dict[str, Any]] | None:
+        """Settings chosen on the validation groups (never the test groups), with the trained network loaded:
+        model.json sections to update, e.g. ``{"defaults": {"threshold": 0.8}}``. None: nothing to choose."""
+        return None
+
+    def evaluate(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
+        """Object-level figures on the held-out groups through the serving code, with the network loaded."""
+        return None
+
+
+def recipe_for(model: MicroscopyModel) -> TrainingRecipe:
+    """The recipe in ``core/models/<id>_training.py``."""
+    try:
+        module = importlib.import_module(f"core.models.{model.spec.id}_training")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"core.models.{model.spec.id}_training":
+            raise SystemExit(f"model '{model.spec.id}' has no training recipe "
+                             f"(core/models/{model.spec.id}_training.py)") from None
+        raise
+    return module.RECIPE(model)

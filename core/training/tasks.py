@@ -1,0 +1,188 @@
+"""What differs between single-label and multi-label training: targets, split, weights, loss and evaluation.
+
+The trainer (core.training.trainer) runs one pipeline and asks the task of the model's recipe for these.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from core.evaluation import f1_counts, mean_sd
+from core.multilabel import mask_to_multi_hot
+from core.training import multilabel
+from core.training.data import Arrays, three_way_split
+from core.training.recipe import TrainingRecipe
+from core.training.report import classification_report
+from core.tta import dihedral_mean
+
+
+class SingleLabel:
+    """One label per example (softmax): grouped folds or the data set's own test split, class-balanced."""
+
+    loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+    fold_keys = ("accuracy", "balanced_accuracy", "group_accuracy")
+
+    def __init__(self, recipe: TrainingRecipe, settings):
+        self.recipe, self.settings = recipe, settings
+        self.predefined = False
+
+    def targets(self, arrays: Arrays) -> np.ndarray:
+        return arrays.y
+
+    def split(self, arrays: Arrays) -> dict[str, np.ndarray]:
+        fixed_test = self.recipe.predefined_test(arrays.groups)
+        self.predefined = fixed_test is not None
+        s = self.settings
+        return three_way_split(arrays, s.folds, s.fold, s.val_fraction, s.seed, fixed_test)
+
+    def split_note(self, meta: dict[str, Any]) -> str:
+        held_out = "the data set's own held-out split" if self.predefined else \
+            f"fold {self.settings.fold} of {self.settings.folds}, stratified by class"
+        return (f"held-out test split: {held_out}; {meta.get('data', {}).get('split', 'grouped')}; "
+                f"never used for training or early stopping")
+
+    def sample_weights(self, y: np.ndarray) -> np.ndarray:
+        """Each example weighted by the inverse frequency of its class (the classes count equally)."""
+        counts = np.bincount(y)
+        return (len(y) / (len(counts) * counts[y])).astype(np.float32)
+
+    def evaluate(self, network, arrays: Arrays, targets: np.ndarray, split: dict[str, np.ndarray], model
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model.json sections chosen on the validation groups, metrics on the test groups)."""
+        s = self.settings
+        updates = {"inference": {"tta": s.tta}}
+        chosen = self.recipe.calibrate(s.data, set(arrays.groups[split["val"]]))
+        for section, values in (chosen or {}).items():
+            updates.setdefault(section, {}).update(values)
+        if chosen:
+            print(f"[calibrate] on the validation groups: {json.dumps(chosen)}", flush=True)
+            for section, values in chosen.items():
+                model.spec.meta.setdefault(section, {}).update(values)
+            model = type(model)(model.spec)  # serves with what was chosen (e.g. an option's default)
+            model.use_network(network)
+            self.recipe.model = model
+        test = arrays.subset(split["test"])
+        names = model.spec.label_names
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return network.predict(batch.astype(np.float32), batch_size=8 * s.batch_size, verbose=0)
+
+        def in_chunks(fn, x: np.ndarray, size: int = 256) -> np.ndarray:
+            # 8 float views of a whole test set at 192 px are ~10 GB: evaluate a chunk at a time
+            return np.concatenate([fn(x[start:start + size]) for start in range(0, len(x), size)])
+
+        reports = {"plain": classification_report(test.y, in_chunks(predict, test.x), test.groups, names)}
+        if s.tta:
+            tta = in_chunks(lambda part: dihedral_mean(predict, part), test.x)
+            reports["tta"] = classification_report(test.y, tta, test.groups, names)
+        for name, report in reports.items():
+            per_group = f"; per-group accuracy {report['group_accuracy']:.4f}" if "group_accuracy" in report else ""
+            print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['examples']} examples of "
+                  f"{report['groups']} held-out groups{per_group}", flush=True)
+        metrics = {"test": reports["tta" if s.tta else "plain"]}
+        if s.tta:
+            metrics["test_without_tta"] = reports["plain"]
+        detection = self.recipe.evaluate(s.data, set(test.groups))
+        if detection is not None:
+            metrics["detection"] = detection
+            print(f"[test] detection: {json.dumps({k: v for k, v in detection.items() if k != 'per_group'})}",
+                  flush=True)
+        return updates, metrics
+
+    def summarise_folds(self, metas: list[dict[str, Any]]) -> dict[str, Any]:
+        reports = [meta["metrics"]["test"] for meta in metas]
+        summary: dict[str, Any] = {"folds": len(metas), "split": "each fold's held-out cells/groups in turn"}
+        for key in self.fold_keys:
+            if all(key in report for report in reports):
+                summary[key] = mean_sd([report[key] for report in reports])
+        detections = [meta["metrics"].get("detection") for meta in metas]
+        if all(detections):
+            summary["detection"] = pool_detection(detections)
+        return summary
+
+
+class MultiLabel:
+    """Several labels per example (sigmoids) from weak field labels: fields split into folds, rare classes
+    weighted up, per-class thresholds calibrated on the validation fields, reported per field."""
+
+    loss, metrics = "binary_crossentropy", []
+    fold_keys = ("micro_f1", "mean_average_precision", "macro_f1_classes_present", "most_frequent_classes_micro_f1")
+
+    def __init__(self, recipe: TrainingRecipe, settings):
+        self.recipe, self.settings = recipe, settings
+        self.names = recipe.model.spec.label_names
+
+    def targets(self, arrays: Arrays) -> np.ndarray:
+        return mask_to_multi_hot(arrays.y, len(self.names))
+
+    def split(self, arrays: Arrays) -> dict[str, np.ndarray]:
+        exact_sources = set(self.recipe.model.spec.meta.get("data", {}).get("exact_label_sources", []))
+        exact = np.array([g.split("/")[0] in exact_sources for g in arrays.groups])
+        s = self.settings
+        return multilabel.split_fields(arrays.groups, exact, s.folds, s.fold, s.seed)
+
+    def split_note(self, meta: dict[str, Any]) -> str:
+        return (f"held-out HPA fields: fold {self.settings.fold} of {self.settings.folds} (every cell of a field in "
+                f"one split); thresholds calibrated on the next fold; field labels = union over its cells")
+
+    def sample_weights(self, y: np.ndarray) -> np.ndarray:
+        """Rare classes sampled up: each example by the mean inverse frequency of its labels, bounded."""
+        frequency = y.sum(axis=0)
+        inverse = np.where(frequency > 0, len(y) / np.maximum(frequency, 1), 0.0)
+        weights = np.array([inverse[labels > 0].mean() if labels.any() else 1.0 for labels in y], np.float32)
+        return np.clip(weights / np.median(weights), 0.2, 10.0)
+
+    def evaluate(self, network, arrays: Arrays, targets: np.ndarray, split: dict[str, np.ndarray], model
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        def scores(index: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+            p = network.predict(arrays.x[index].astype(np.float32), batch_size=256, verbose=0)
+            return multilabel.per_field(arrays.groups[index], targets[index], p)
+
+        _, val_truth, val_scores = scores(split["val"])
+        thresholds = multilabel.calibrate(val_truth, val_scores)
+        _, test_truth, test_scores = scores(split["test"])
+        report = multilabel.field_report(test_truth, test_scores, thresholds, self.names)
+        report["default_thresholds_micro_f1"] = multilabel.field_report(
+            test_truth, test_scores, np.full(len(self.names), 0.5), self.names)["micro_f1"]
+        train = split["train"]
+        report["most_frequent_classes_micro_f1"] = multilabel.most_frequent_baseline(targets[train], val_truth,
+                                                                                     test_truth)
+        fields_per_class = [len({g for g, labels in zip(arrays.groups[train], targets[train]) if labels[k]})
+                            for k in range(len(self.names))]
+        print(f"[test] fields {report['fields']}: micro-F1 {report['micro_f1']} (0.5 thresholds: "
+              f"{report['default_thresholds_micro_f1']}; most frequent classes: "
+              f"{report['most_frequent_classes_micro_f1']}), mAP {report['mean_average_precision']}", flush=True)
+        metrics = {
+            "test": report,
+            "classes_with_too_few_training_fields": [self.names[k] for k, n in enumerate(fields_per_class)
+                                                     if n < multilabel.MIN_TRUSTED_FIELDS],
+            "training_fields_per_class": dict(zip(self.names, fields_per_class)),
+            "training_fields": len(set(arrays.groups[train])),
+        }
+        if self.recipe.model.spec.meta.get("data", {}).get("exact_label_sources"):
+            metrics["semi_synthetic"] = "part of the training cells (DULoc single-pattern grids) are semi-synthetic"
+        return {"inference": {"tta": False, "thresholds": [float(t) for t in thresholds]}}, metrics
+
+    def summarise_folds(self, metas: list[dict[str, Any]]) -> dict[str, Any]:
+        reports = [meta["metrics"]["test"] for meta in metas]
+        summary: dict[str, Any] = {"folds": len(metas), "split": "each fold's held-out HPA fields in turn"}
+        for key in self.fold_keys:
+            summary[key] = mean_sd([r[key] for r in reports if r[key] is not None])
+        return summary
+
+
+def pool_detection(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Object counts summed over the folds' held-out groups, F1 of the sums, count errors per group, and
+    every other whole-number field of the per-group records summed (``totals``)."""
+    pooled = f1_counts(*(sum(fold[key] for fold in folds) for key in ("tp", "fp", "fn")))
+    groups = {name: group for fold in folds for name, group in fold["per_group"].items()}
+    errors = [group["count_error"] for group in groups.values() if "count_error" in group]
+    if errors:
+        pooled["count_error_mean"] = round(float(np.mean(errors)), 4)
+        pooled["count_error_max"] = round(float(np.max(errors)), 4)
+    pooled["totals"] = {key: sum(group[key] for group in groups.values())
+                        for key, value in next(iter(groups.values())).items() if isinstance(value, int)}
+    pooled["per_group"] = groups
+    return pooled
