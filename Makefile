@@ -28,7 +28,7 @@ bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a M
 loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
 	$(BIN)/python -m bench.loadtest
 
-train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data
+train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data (leave-cells-out cross-validation)
 	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --epochs 40 --cross-validate
 
 train-chromosome: $(BIN)/activate  ## reproduce assets/chromosome (leave-one-spread-out cross-validation)

@@ -36,7 +36,7 @@ def test_one_model_metadata_has_measured_metrics_and_options(client):
     assert test["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-4)
     assert confusion.sum() == test["examples"]
     assert "held-out" in meta["metrics"]["split"]
-    assert {option["name"] for option in meta["options"]} == {"format", "scale"}
+    assert {option["name"] for option in meta["options"]} == {"format", "scale", "min_confidence"}
 
 
 def test_labels(client):

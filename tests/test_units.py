@@ -89,3 +89,36 @@ def test_malformed_setting_names_the_variable(monkeypatch):
     monkeypatch.setenv("MMAX_WORKERS", "two")
     with pytest.raises(SystemExit, match="MMAX_WORKERS must be a whole number"):
         Config.from_env()
+
+
+def test_temperature_scaling_calibrates_overconfident_probabilities():
+    from core.evaluation import expected_calibration_error, fit_temperature, temper
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 2000)
+    right = rng.random(2000) < 0.7  # right 70 % of the time, always 97 % sure
+    predicted = np.where(right, labels, (labels + rng.integers(1, 4, 2000)) % 4)
+    probabilities = np.full((2000, 4), 0.01)
+    probabilities[np.arange(2000), predicted] = 0.97
+    temperature = fit_temperature(probabilities, labels)
+    tempered = temper(probabilities, temperature)
+    assert temperature > 1 and (tempered.argmax(axis=1) == predicted).all()
+    assert expected_calibration_error(probabilities, labels) > 0.25 > 0.05 > expected_calibration_error(tempered, labels)
+
+
+def test_pooled_report_counts_cells_with_intervals_and_the_majority_answer():
+    from core.training.report import pooled_report
+
+    # 6 cells of class 0 (3 files each, all right), 2 cells of class 1 (one right, one wrong).
+    groups = np.repeat([f"c{k}" for k in range(8)], 3)
+    y = np.repeat([0, 0, 0, 0, 0, 0, 1, 1], 3)
+    predicted = y.copy()
+    predicted[-3:] = 0
+    probabilities = np.eye(2)[predicted] * 0.8 + 0.1
+    report = pooled_report(y, probabilities, groups, ["a", "b"], confidence_floor=0.5, rounds=300)
+    cells = report["per_group"]
+    assert cells["groups"] == 8 and cells["per_class"] == {"a": 6, "b": 2}
+    assert cells["accuracy"] == 7 / 8 and cells["recall"] == {"a": 1.0, "b": 0.5}
+    assert cells["accuracy_interval_95"][0] < 7 / 8 <= cells["accuracy_interval_95"][1]
+    assert report["majority_baseline"] == {"label": "a", "accuracy": 0.75, "per_group_accuracy": 0.75}
+    assert report["confidence_floor"]["share_uncertain"] == 0.0

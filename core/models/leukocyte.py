@@ -3,7 +3,9 @@
 Leukocyte nuclei are the purple objects of a Wright/Giemsa smear: blue well above green, while red cells
 and background are pink or pale. Thresholding that difference, merging nuclear lobes and dropping the
 small purple platelets finds each leukocyte; a fixed window around it goes to the classifier. Training
-uses the very same detection and window (``training_input``), so serving sees what training saw.
+uses the very same detection and window (``network_input``), so serving sees what training saw. The
+probabilities are temperature-scaled (model.json ``inference.temperature``); a cell whose top probability
+is below ``min_confidence`` is marked uncertain (its best label is still given).
 """
 from __future__ import annotations
 
@@ -75,6 +77,8 @@ class LeukocyteModel(MicroscopyModel):
         Option("scale", float,
                "resize factor that brings the upload to the model's scale (a red cell about 40 px across; "
                "0.5 for 640x480 BCCD fields)", minimum=0.1, maximum=4.0),
+        Option("min_confidence", float, "a cell whose top probability is below this is marked uncertain "
+               "(its best label is still given)", minimum=0.0, maximum=1.0),
     )
 
     def preprocess(self, inputs: Image.Image, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
@@ -101,9 +105,11 @@ class LeukocyteModel(MicroscopyModel):
                 "probability": round(float(per_class[best]), 4),
                 "bbox": [x, y, w, h],
                 "probabilities": {name: round(float(p), 4) for name, p in zip(names, per_class)},
+                "uncertain": bool(per_class[best] < options["min_confidence"]),
             })
         counts = {name: sum(p["label"] == name for p in predictions) for name in names}
-        return {"predictions": predictions, "counts": counts}
+        return {"predictions": predictions, "counts": counts,
+                "uncertain_count": sum(p["uncertain"] for p in predictions)}
 
     def warm_up_input(self) -> Image.Image:
         image = Image.new("RGB", (320, 240), (225, 190, 200))

@@ -30,6 +30,8 @@ class TrainingRecipe:
     multi_label: bool = False
     #: augmentation: how free rotations fill the corners ("constant" black, or "reflect" tissue)
     rotation_fill: str = "constant"
+    #: fit a softmax temperature on the validation groups, so that the served probabilities are calibrated
+    temperature_scaling: bool = False
 
     def __init__(self, model: MicroscopyModel):
         self.model = model

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from core.evaluation import f1_counts, mean_sd
+from core.evaluation import expected_calibration_error, f1_counts, fit_temperature, mean_sd, temper
 from core.multilabel import mask_to_multi_hot
 from core.training import multilabel
 from core.training.data import Arrays, three_way_split
 from core.training.recipe import TrainingRecipe
-from core.training.report import classification_report
+from core.training.report import classification_report, pooled_report
 from core.tta import dihedral_mean
 
 
@@ -27,6 +27,8 @@ class SingleLabel:
     def __init__(self, recipe: TrainingRecipe, settings):
         self.recipe, self.settings = recipe, settings
         self.predefined = False
+        #: the test split's truth, (calibrated) probabilities and groups, for pooling over folds
+        self.held_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def targets(self, arrays: Arrays) -> np.ndarray:
         return arrays.y
@@ -73,10 +75,26 @@ class SingleLabel:
             # 8 float views of a whole test set at 192 px are ~10 GB: evaluate a chunk at a time
             return np.concatenate([fn(x[start:start + size]) for start in range(0, len(x), size)])
 
-        reports = {"plain": classification_report(test.y, in_chunks(predict, test.x), test.groups, names)}
+        def served(x: np.ndarray) -> np.ndarray:
+            return in_chunks(lambda part: dihedral_mean(predict, part), x) if s.tta else in_chunks(predict, x)
+
+        plain, probabilities = in_chunks(predict, test.x), served(test.x)
+        calibration = None
+        if self.recipe.temperature_scaling:
+            val = arrays.subset(split["val"])
+            temperature = fit_temperature(served(val.x), val.y)
+            updates["inference"]["temperature"] = temperature
+            tempered = temper(probabilities, temperature)
+            calibration = {"temperature": temperature, "fitted_on": "the validation groups",
+                           "ece_test_before": expected_calibration_error(probabilities, test.y),
+                           "ece_test_after": expected_calibration_error(tempered, test.y)}
+            print(f"[calibrate] temperature {temperature}: test ECE {calibration['ece_test_before']} -> "
+                  f"{calibration['ece_test_after']}", flush=True)
+            probabilities, plain = tempered, temper(plain, temperature)
+        self.held_out = (test.y, probabilities, test.groups)
+        reports = {"plain": classification_report(test.y, plain, test.groups, names)}
         if s.tta:
-            tta = in_chunks(lambda part: dihedral_mean(predict, part), test.x)
-            reports["tta"] = classification_report(test.y, tta, test.groups, names)
+            reports["tta"] = classification_report(test.y, probabilities, test.groups, names)
         for name, report in reports.items():
             per_group = f"; per-group accuracy {report['group_accuracy']:.4f}" if "group_accuracy" in report else ""
             print(f"[test] {name}: accuracy {report['accuracy']:.4f} on {report['examples']} examples of "
@@ -84,6 +102,8 @@ class SingleLabel:
         metrics = {"test": reports["tta" if s.tta else "plain"]}
         if s.tta:
             metrics["test_without_tta"] = reports["plain"]
+        if calibration:
+            metrics["calibration"] = calibration
         detection = self.recipe.evaluate(s.data, set(test.groups))
         if detection is not None:
             metrics["detection"] = detection
@@ -91,9 +111,17 @@ class SingleLabel:
                   flush=True)
         return updates, metrics
 
-    def summarise_folds(self, metas: list[dict[str, Any]]) -> dict[str, Any]:
+    def summarise_folds(self, metas: list[dict[str, Any]], held_out: list[tuple] | None = None) -> dict[str, Any]:
         reports = [meta["metrics"]["test"] for meta in metas]
         summary: dict[str, Any] = {"folds": len(metas), "split": "each fold's held-out cells/groups in turn"}
+        if held_out and all(held_out):
+            y, p, groups = (np.concatenate(parts) for parts in zip(*held_out))
+            if all(len(set(y[groups == g])) == 1 for g in set(groups)):  # one label per group (a cell)
+                floor = next((o.default for o in self.recipe.model.declared_options() if o.name == "min_confidence"),
+                             None)
+                summary["pooled"] = pooled_report(y, p, groups, self.recipe.model.spec.label_names, floor)
+                if self.recipe.temperature_scaling:
+                    summary["pooled"]["ece"] = expected_calibration_error(p, y)
         for key in self.fold_keys:
             if all(key in report for report in reports):
                 summary[key] = mean_sd([report[key] for report in reports])
@@ -165,7 +193,7 @@ class MultiLabel:
             metrics["semi_synthetic"] = "part of the training cells (DULoc single-pattern grids) are semi-synthetic"
         return {"inference": {"tta": False, "thresholds": [float(t) for t in thresholds]}}, metrics
 
-    def summarise_folds(self, metas: list[dict[str, Any]]) -> dict[str, Any]:
+    def summarise_folds(self, metas: list[dict[str, Any]], held_out: list[tuple] | None = None) -> dict[str, Any]:
         reports = [meta["metrics"]["test"] for meta in metas]
         summary: dict[str, Any] = {"folds": len(metas), "split": "each fold's held-out HPA fields in turn"}
         for key in self.fold_keys:
