@@ -44,6 +44,12 @@ def f1_counts(tp: int, fp: int, fn: int) -> dict[str, Any]:
             "f1": round(2 * precision * recall / max(1e-9, precision + recall), 4)}
 
 
+def micro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Micro-averaged F1 of multi-label answers (arrays of the same shape; truth > 0 is a true label)."""
+    tp = float((predicted & (truth > 0)).sum())
+    return 2 * tp / max(1.0, float(predicted.sum() + (truth > 0).sum()))
+
+
 def balanced_accuracy(pairs: Sequence[tuple[bool, bool]], names: tuple[str, str]) -> dict[str, Any]:
     """Balanced accuracy of a two-way decision over (truth, predicted) pairs; ``names`` = (False's, True's)."""
     truth = np.array([t for t, _ in pairs], bool)

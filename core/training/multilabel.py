@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
+from core.evaluation import micro_f1
 from core.multilabel import field_scores
 
 MIN_TRUSTED_FIELDS = 3  # a class seen in fewer training fields than this is reported as untrustworthy
@@ -43,14 +44,8 @@ def calibrate(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
     to say; elsewhere the shared threshold with the best micro-F1 (per-class thresholds fitted on one or
     two fields do not carry over to new fields)."""
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-
-    def f1(t: np.ndarray, s: np.ndarray, threshold: float) -> float:
-        predicted = s >= threshold
-        tp = float((predicted & (t > 0)).sum())
-        return 2 * tp / max(1.0, predicted.sum() + (t > 0).sum())
-
-    shared = max(grid, key=lambda th: f1(truth, scores, th))
-    return np.array([max(grid, key=lambda th: f1(truth[:, k], scores[:, k], th))
+    shared = max(grid, key=lambda th: micro_f1(truth, scores >= th))
+    return np.array([max(grid, key=lambda th: micro_f1(truth[:, k], scores[:, k] >= th))
                      if truth[:, k].sum() >= MIN_CALIBRATION_FIELDS else shared
                      for k in range(truth.shape[1])], np.float32)
 
@@ -60,14 +55,13 @@ def most_frequent_baseline(train_y: np.ndarray, val_truth: np.ndarray, test_trut
     the validation fields): what the model must beat to have learnt anything from the pixels."""
     order = np.argsort(-train_y.sum(axis=0))
 
-    def micro_f1(truth: np.ndarray, k: int) -> float:
+    def constant(truth: np.ndarray, k: int) -> np.ndarray:
         predicted = np.zeros_like(truth, bool)
         predicted[:, order[:k]] = True
-        tp = float((predicted & (truth > 0)).sum())
-        return 2 * tp / max(1.0, predicted.sum() + (truth > 0).sum())
+        return predicted
 
-    best_k = max(range(1, 6), key=lambda k: micro_f1(val_truth, k))
-    return round(micro_f1(test_truth, best_k), 4)
+    best_k = max(range(1, 6), key=lambda k: micro_f1(val_truth, constant(val_truth, k)))
+    return round(micro_f1(test_truth, constant(test_truth, best_k)), 4)
 
 
 def field_report(truth: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, names: list[str]) -> dict[str, Any]:

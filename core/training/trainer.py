@@ -163,8 +163,8 @@ def cross_validate(settings: TrainSettings) -> dict[str, Any]:
         shipped["metrics"]["shipped_fold_test"] = shipped["metrics"]["test"]
         shipped["metrics"]["test"] = summary.pop("pooled")
         shipped["metrics"]["split"] = (f"leave-groups-out cross-validation, {settings.folds} folds pooled: every "
-                                       f"group ({shipped.get('data', {}).get('split', 'grouped')}) predicted once "
-                                       f"by a model trained without it; intervals resample whole groups")
+                                       f"group ({shipped.get('data', {}).get('split', 'grouped')}) held-out once, "
+                                       f"predicted by a model trained without it; intervals resample whole groups")
     write_meta(settings.out, shipped)
     headline = next(key for key in ("accuracy", "micro_f1") if key in summary)
     print(f"[cv] {headline} {summary[headline]['mean']:.4f} ± {summary[headline]['std']:.4f} over "
