@@ -15,6 +15,7 @@ from werkzeug.datastructures import FileStorage
 
 from api import schemas
 from api.metrics import observe_inference
+from core.errors import ClientError
 from core.imageio import encode_png
 from core.options import parse_options
 from core.registry import ModelRegistry
@@ -104,6 +105,11 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
             model = registry.get(model_id)
             given = {key: request.values[key] for key in request.values}
             options = parse_options(model.declared_options(), given, ignore=set(request.files))
+            readable = ("image", *model.channel_fields)
+            unexpected = sorted(set(request.files) - set(readable))
+            if unexpected:  # a file the model would not read is the client's mistake, not silently ignored
+                raise ClientError(f"unexpected file field(s) {', '.join(unexpected)[:200]}; this model reads "
+                                  f"{', '.join(readable)}")
             uploads = {name: storage.read() for name, storage in request.files.items()}
             model = registry.get_ready(model_id)
             with model.serving():

@@ -78,9 +78,11 @@ def tiff_channels(data: bytes, max_pixels: int) -> np.ndarray | None:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         pages = tif.pages
         if len(pages) >= 4 and all(len(p.shape) == 2 for p in list(pages)[:4]):
-            height, width = pages[0].shape
-            if height * width > max_pixels:
-                raise ImageTooLarge(f"the 'image' TIFF is {width}x{height} px per channel; the limit is {max_pixels:,}")
+            for page in list(pages)[:4]:  # every channel's size, from its header, before any is decoded
+                height, width = page.shape
+                if height * width > max_pixels:
+                    raise ImageTooLarge(f"the 'image' TIFF is {width}x{height} px per channel; the limit is "
+                                        f"{max_pixels:,}")
             stack = np.stack([pages[k].asarray() for k in range(4)], axis=-1)
         else:
             shape = pages[0].shape

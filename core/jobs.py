@@ -25,6 +25,7 @@ from core.errors import ClientError
 log = logging.getLogger(__name__)
 
 JOB_ID_LENGTH = 32  # uuid4 hex
+MAX_SLIDE_PATH = 1024  # characters of a slide path under the slide root
 UPDATABLE = {"status", "progress", "message"}
 RESULT_FILES = {"result": "result.json", "heatmap": "heatmap.png", "geojson": "regions.geojson"}
 _SCHEMA = """
@@ -63,6 +64,8 @@ def resolve_slide_path(root: Path | None, relative: str) -> Path:
     if root is None:
         raise ClientError("this server has no slide root (setting MMAX_SLIDE_ROOT); upload the slide in the "
                           "multipart file field 'slide' instead")
+    if "\x00" in relative or len(relative) > MAX_SLIDE_PATH:
+        raise ClientError(f"slide path '{relative[:80]}' is not a path: at most {MAX_SLIDE_PATH} characters, no NUL")
     base = root.resolve()
     candidate = (base / relative).resolve()
     if not candidate.is_relative_to(base):

@@ -89,7 +89,47 @@ def test_fields_and_options(client, model):
     if numeric:
         for value in ("nan", "-1", "1e309", "inf", "", "0x10"):
             check(post(client, model, {"image": good}, **{numeric: value}), 400)
+    check(post(client, model, {"image": good, "extra": good}), 400)             # a file it would not read
     check(post(client, model, {"image": good}), None)                           # and still serving
+
+
+def test_a_vanishing_mpp_is_a_400_not_a_division_by_zero(client):
+    for mpp in ("1e-170", "1e-9"):
+        check(post(client, "mitosis", {"image": encode(smear())}, mpp=mpp), 400)
+
+
+def test_every_channel_page_of_a_protein_tiff_is_size_checked(client):
+    """Page 0 is small, a later page declares 30,000² (a sparse, tiled page: a few KB on disk)."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tif:
+        for _ in range(3):
+            tif.write(np.zeros((64, 64), np.uint8))
+        tile = np.zeros((256, 256), np.uint8)
+        tif.write(iter([tile] * ((30_000 // 256 + 1) ** 2)), shape=((30_000 // 256 + 1) * 256,) * 2,
+                  dtype=np.uint8, tile=(256, 256), compression="zlib")
+    check(post(client, "protein", {"image": buffer.getvalue()}), 413)
+
+
+def test_a_slide_path_with_nul_or_of_any_length_is_a_400(tmp_path):
+    from core.errors import ClientError
+    from core.jobs import resolve_slide_path
+
+    for bad in ("a\x00b.svs", "a/" * 3000 + "b.svs"):
+        with pytest.raises(ClientError) as error:
+            resolve_slide_path(tmp_path, bad)
+        assert error.value.status == 400
+
+
+def test_leukocyte_windows_are_cut_from_the_image_as_if_it_were_padded_black():
+    from core.models.leukocyte import crop_window
+
+    rgb = np.random.default_rng(0).integers(1, 256, (90, 120, 3), dtype=np.uint8)
+    padded = np.pad(rgb, ((40, 40), (40, 40), (0, 0)))
+    for x, y in ((0, 0), (60.4, 45), (119, 89), (5, 80), (119, 0)):
+        cx, cy = round(x), round(y)
+        assert (crop_window(rgb, (x, y), 80) == padded[cy:cy + 80, cx:cx + 80]).all(), (x, y)
 
 
 def test_unknown_models_in_every_route(client):

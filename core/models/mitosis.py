@@ -136,6 +136,9 @@ class MitosisModel(MicroscopyModel, SlideModel):
         """The upload resampled to the model's µm/px, and the factor (model pixels per upload pixel)."""
         scale = mpp / self.input.mpp
         width, height = round(image.width * scale), round(image.height * scale)
+        if width < 1 or height < 1:
+            raise ClientError(f"at mpp {mpp:g} the field would be {width}x{height} px at the model's {self.input.mpp} "
+                              f"um/px: check the option mpp (micrometres per pixel of the upload)")
         if width * height > MAX_FIELD_PX:
             raise ClientError(f"the field is {width}x{height} px at {self.input.mpp} um/px; the limit here is "
                               f"{MAX_FIELD_PX:,} px - send it as a whole-slide job, or check the option mpp")
