@@ -108,8 +108,8 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
             readable = ("image", *model.channel_fields)
             unexpected = sorted(set(request.files) - set(readable))
             if unexpected:  # a file the model would not read is the client's mistake, not silently ignored
-                raise ClientError(f"unexpected file field(s) {', '.join(unexpected)[:200]}; this model reads "
-                                  f"{', '.join(readable)}")
+                raise ClientError(f"unexpected file field(s) {', '.join(map(repr, unexpected))[:200]}; this model "
+                                  f"reads {', '.join(map(repr, readable))}")
             uploads = {name: storage.read() for name, storage in request.files.items()}
             model = registry.get_ready(model_id)
             with model.serving():
