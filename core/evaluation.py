@@ -1,7 +1,8 @@
 """Evaluation figures shared by the models, the training command and the benchmarks: one implementation each.
 
 Object matching (points within a radius, centres inside boxes), precision / recall / F1 from counts,
-balanced accuracy, mean ± sd over folds, and intervals (Wilson for a proportion, bootstrap over groups).
+balanced accuracy, mean ± sd over folds, intervals (bootstrap over groups), temperature scaling and
+calibration error.
 """
 from __future__ import annotations
 
@@ -67,16 +68,6 @@ def mean_sd(values: Sequence[float]) -> dict[str, Any]:
     array = np.array(values, float)
     return {"mean": round(float(array.mean()), 4), "std": round(float(array.std(ddof=1)), 4) if len(array) > 1
             else None, "per_fold": [float(v) for v in array]}
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95 % by default); (0, 1) when there are no trials."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return round(float(centre - half), 4), round(float(centre + half), 4)
 
 
 def bootstrap_interval(groups: Sequence[Any], statistic: Callable[[list[Any]], float], rounds: int = 2000,
