@@ -22,8 +22,9 @@ dev: $(BIN)/activate  ## Flask's development server
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json)
+bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json)
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.protein_field --data $(DATA)/protein/hpa2018
 
 loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
 	$(BIN)/python -m bench.loadtest
@@ -37,8 +38,8 @@ train-chromosome: $(BIN)/activate  ## reproduce assets/chromosome (leave-one-spr
 train-metastasis: $(BIN)/activate  ## reproduce assets/metastasis (PatchCamelyon; its valid split is the test)
 	$(BIN)/python -m core.training metastasis --data $(DATA)/metastasis/pcam --weights $(WEIGHTS) --mode ft --epochs 30 --patience 6 --input 'network_input=[144,144,3]'
 
-train-protein: $(BIN)/activate  ## reproduce assets/protein (5-fold cross-validation over HPA fields)
-	$(BIN)/python -m core.training protein --data $(DATA)/protein --weights $(WEIGHTS) --mode ft --epochs 40 --patience 8 --cross-validate
+train-protein: $(BIN)/activate  ## reproduce assets/protein (nested cross-validation over HPA fields, under a minute)
+	$(BIN)/python -m core.training protein --data $(DATA)/protein
 
 train-mitosis: $(BIN)/activate  ## reproduce assets/mitosis (AMi-Br crops; test = one fold of slides)
 	$(BIN)/python -m core.training mitosis --data $(DATA)/mitosis --weights $(WEIGHTS) --mode ft --epochs 20 --patience 5

@@ -58,3 +58,33 @@ def draw_banner(image: Image.Image, text: str, label_names: Sequence[str],
                        fill=colours[index] if colours else colour_for(index))
         x -= font.size
     return out
+
+
+def distinct_colours(count: int) -> list[tuple[int, int, int]]:
+    """``count`` colours, bright enough to read on a dark fluorescence image; hues step by the golden ratio
+    from yellow, so that any two colours, near in the list or not, differ."""
+    import colorsys
+
+    return [tuple(round(255 * c) for c in colorsys.hsv_to_rgb((0.15 + 0.618034 * k) % 1.0, 0.75, 1.0))
+            for k in range(count)]
+
+
+def inside(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float]:
+    """The shift (dx, dy) that moves ``box`` (left, top, right, bottom) inside a width × height image."""
+    left, top, right, bottom = box
+    dx = -left if left < 0 else min(0.0, width - right)
+    dy = -top if top < 0 else min(0.0, height - bottom)
+    return dx, dy
+
+
+def wrapped(draw: ImageDraw.ImageDraw, text: str, font, width: float, separator: str = ", ") -> list[str]:
+    """``text`` split at ``separator`` into lines no wider than ``width`` (a part wider than that keeps its
+    own line)."""
+    lines: list[str] = []
+    for part in text.split(separator):
+        candidate = f"{lines[-1]}{separator}{part}" if lines else part
+        if lines and draw.textlength(candidate, font=font) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(part)
+    return lines

@@ -21,8 +21,8 @@ class InputSpec:
     accepts: str
     #: the pixel scale the model expects, in words
     resolution: str
-    #: height, width, channels of one network input
-    network_input: tuple[int, int, int]
+    #: the shape of one network input: height, width, channels of an image; or the number of measures
+    network_input: tuple[int, ...]
 
     @property
     def network_px(self) -> int:

@@ -95,7 +95,8 @@ def test_border_cells_can_be_dropped_and_png_outlines_cells(client):
     assert post(client, files).get_json()["cell_count"] == 2
     assert post(client, files, drop_border_cells="true").get_json()["cell_count"] == 1
     response = post(client, files, format="png")
-    assert response.mimetype == "image/png" and Image.open(io.BytesIO(response.data)).size == (256, 256)
+    width, height = Image.open(io.BytesIO(response.data)).size
+    assert response.mimetype == "image/png" and width > 256 and height > 256  # the field, a banner and a key
 
 
 def test_labels_and_the_2021_mapping(client):
@@ -121,22 +122,18 @@ def test_retraining_on_a_kaggle_style_folder(tmp_path: Path):
         rows.append(f"f{index},{'0 25' if index % 2 else '25'}")
     (data / "train.csv").write_text("\n".join(rows) + "\n")
     assets = tmp_path / "assets"
-    train_main(["protein", "--data", str(data), "--weights", "none", "--epochs", "1", "--batch-size", "4",
-                "--folds", "5", "--cross-validate", "--out", str(assets / "protein"),
-                "--cache-dir", str(tmp_path / "cache")])
+    train_main(["protein", "--data", str(data), "--folds", "5", "--out", str(assets / "protein")])
     meta = json.loads((assets / "protein" / "model.json").read_text())
-    metrics = meta["metrics"]
-    assert len(meta["inference"]["thresholds"]) == 28 and metrics["test"]["fields"] == 2
-    # Every field is labelled Cytosol: the baseline that always answers it cannot miss a true label.
-    assert metrics["test"]["most_frequent_classes_micro_f1"] > 0 and set(metrics["test"]["per_class"]) <= \
-        {"Nucleoplasm", "Cytosol"}
-    assert len(metrics["cross_validation"]["micro_f1"]["per_fold"]) == 5
-    # 10 fields, one fold tested and one validating: 6 train, all of them Cytosol, none Rods & rings.
-    assert metrics["training_fields"] == 6 and metrics["training_fields_per_class"]["Cytosol"] == 6
-    assert "Rods & rings" in metrics["classes_with_too_few_training_fields"]
-    assert "Cytosol" not in metrics["classes_with_too_few_training_fields"]
+    test = meta["metrics"]["test"]
+    assert len(meta["inference"]["thresholds"]) == 28 and test["fields"] == 10
+    # Every field is labelled Cytosol: the constant answer includes it, and so does the model for every field.
+    assert "Cytosol" in test["constant_answer"] and test["per_class"]["Cytosol"]["recall"] == 1.0
+    assert set(test["per_class"]) <= {"Nucleoplasm", "Cytosol"}
+    assert "Rods & rings" in meta["inference"]["not_predicted"]["classes"]
+    assert "Cytosol" not in meta["inference"]["not_predicted"]["classes"]
     client = make_app(config_with(assets_dir=assets)).test_client()
-    assert post(client, channel_files(hpa_field())).get_json()["cell_count"] == 2
+    body = post(client, channel_files(hpa_field())).get_json()
+    assert body["cell_count"] == 2 and "Cytosol" in [label["label"] for label in body["image_labels"]]
 
 
 @needs(HPA)

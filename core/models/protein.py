@@ -2,9 +2,11 @@
 
 Nuclei are found in the blue channel (Otsu, then a distance-transform watershed splits touching nuclei);
 cells grow from them by a watershed over the smoothed red + yellow + blue signal, inside a cell-body
-threshold. Each cell is cut out with its neighbours blanked, scaled to the network's input and classified
-into the 28 compartments of the HPA 2018 scheme with independent sigmoids; each class has its own
-threshold, calibrated on validation fields. Field labels are the union over cells.
+threshold. Each cell is described by measures of where its green lies (core.models.protein_features) and
+a logistic regression per compartment (the "network": standardisation + one sigmoid layer) gives its
+probabilities. A field's score per class is a percentile over its cells; each class has its own threshold
+chosen on fields the classifier had not seen, and classes the data could not teach have none: they are
+never answered.
 """
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 from skimage import feature, filters, measure, morphology, segmentation
 
-from core.errors import ClientError, UnsupportedImage
+from core.errors import AssetError, ClientError, UnsupportedImage
 from core.imageio import decode_image, grey_to_unit, tiff_channels
 from core.input_spec import InputSpec
+from core.drawing import distinct_colours, inside, wrapped
 from core.model_base import MicroscopyModel
+from core.models.protein_features import FEATURE_NAMES, cell_features
 from core.multilabel import field_scores
 from core.options import Option
 
 CHANNELS = ("red", "green", "blue", "yellow")
+NO_LABEL = (150, 150, 150)  # outline of a cell with no compartment above its threshold
 
 
 @dataclass
@@ -35,17 +40,17 @@ class Field:
         return self.channels.shape[1], self.channels.shape[0]
 
 
-def segment_cells(channels: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
-    """Labelled cells (0 = background), each grown from one nucleus."""
+def segment_cells(channels: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled cells (0 = background), each grown from one nucleus, and those nuclei (same labels)."""
     red, _, blue, yellow = (channels[..., k] for k in range(4))
     sigma = params["sigma"]
     blue_s = filters.gaussian(blue, sigma)
     if blue_s.max() - blue_s.min() < 1e-3:
-        return np.zeros(blue.shape, np.int32)
+        return np.zeros(blue.shape, np.int32), np.zeros(blue.shape, np.int32)
     nuclei_mask = blue_s > filters.threshold_otsu(blue_s)
     nuclei_mask = morphology.remove_small_objects(ndi.binary_fill_holes(nuclei_mask), max_size=params["min_nucleus_px"])
     if not nuclei_mask.any():
-        return np.zeros(blue.shape, np.int32)
+        return np.zeros(blue.shape, np.int32), np.zeros(blue.shape, np.int32)
     distance = ndi.distance_transform_edt(nuclei_mask)
     peaks = feature.peak_local_max(filters.gaussian(distance, 2), min_distance=params["nucleus_min_distance"],
                                    labels=measure.label(nuclei_mask), exclude_border=False)
@@ -55,22 +60,7 @@ def segment_cells(channels: np.ndarray, params: Mapping[str, Any]) -> np.ndarray
     body = filters.gaussian(red + yellow + blue, sigma)
     cell_mask = (body > filters.threshold_otsu(body) * params["cell_threshold_factor"]) | nuclei_mask
     cells = segmentation.watershed(-body, nuclei, mask=cell_mask)
-    return cells.astype(np.int32)
-
-
-def cell_crop(channels: np.ndarray, cells: np.ndarray, region, size: int) -> np.ndarray:
-    """The cell's square neighbourhood, other cells blanked, as the network's RGB at size×size (0..255)."""
-    top, left, bottom, right = region.bbox
-    side = max(bottom - top, right - left)
-    cy, cx = (top + bottom) // 2, (left + right) // 2
-    y0, x0 = cy - side // 2, cx - side // 2
-    own = cells == region.label
-    composite = np.stack([(channels[..., 0] + channels[..., 3]) / 2, channels[..., 1], channels[..., 2]], -1)
-    composite = composite * own[..., None]
-    padded = np.pad(composite, ((side, side), (side, side), (0, 0)))
-    window = padded[y0 + side:y0 + 2 * side, x0 + side:x0 + 2 * side]
-    image = Image.fromarray((np.clip(window, 0, 1) * 255).astype(np.uint8))
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    return cells.astype(np.int32), nuclei.astype(np.int32)
 
 
 def rle(mask: np.ndarray) -> dict[str, Any]:
@@ -84,7 +74,7 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ProteinInput(InputSpec):
     segmentation: dict[str, Any]   # parameters of segment_cells
-    composite: str                 # how the four channels become the network's RGB, in words
+    measures: tuple[str, ...]      # the classifier's inputs, in order (core.models.protein_features)
 
 
 class ProteinModel(MicroscopyModel):
@@ -98,10 +88,17 @@ class ProteinModel(MicroscopyModel):
     )
     channel_fields = CHANNELS  # uploads besides 'image' (listed in the Swagger form)
 
+    def __init__(self, spec):
+        super().__init__(spec)
+        if self.input.measures != FEATURE_NAMES or self.input.network_input != (len(FEATURE_NAMES),):
+            raise AssetError(f"{spec.source}: 'input.measures' and 'network_input' must be this code's measures "
+                             f"({len(FEATURE_NAMES)}: {', '.join(FEATURE_NAMES)}); retrain the model")
+
     @property
     def thresholds(self) -> np.ndarray:
-        values = self.spec.meta.get("inference", {}).get("thresholds")
-        return np.array(values if values else [0.5] * len(self.spec.labels), np.float32)
+        """Per class; infinite for a class that is never answered (``null`` in model.json)."""
+        values = self.spec.meta.get("inference", {}).get("thresholds") or [0.5] * len(self.spec.labels)
+        return np.array([np.inf if value is None else value for value in values], np.float64)
 
     def read_inputs(self, uploads: Mapping[str, bytes], max_pixels: int) -> Field:
         if all(name in uploads for name in CHANNELS):
@@ -130,30 +127,29 @@ class ProteinModel(MicroscopyModel):
         raise ClientError(f"send the channels as multipart files red, green, blue and yellow (missing: "
                           f"{', '.join(missing)}), or one 4-channel image in 'image'")
 
-    def segment(self, field: Field, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
-        """(channels at the model's scale, labelled cells, the scale used)."""
+    def segment(self, field: Field, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """(channels at the model's scale, labelled cells, their nuclei, the scale used)."""
         channels, scale = field.channels, options.get("scale", 1.0)
         if scale != 1.0:
             height, width = channels.shape[:2]
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             channels = np.stack([np.asarray(Image.fromarray(channels[..., k]).resize(size, Image.Resampling.BILINEAR))
                                  for k in range(4)], axis=-1)
-        cells = segment_cells(channels, self.input.segmentation)
+        cells, nuclei = segment_cells(channels, self.input.segmentation)
         if options.get("drop_border_cells"):
             cells = segmentation.clear_border(cells)
-        return channels, cells, scale
+        return channels, cells, nuclei, scale
 
     def preprocess(self, inputs: Field, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
-        channels, cells, scale = self.segment(inputs, options)
-        regions = measure.regionprops(cells)
-        batch = np.stack([cell_crop(channels, cells, r, self.input.network_px) for r in regions]) if regions \
-            else np.zeros((0, self.input.network_px, self.input.network_px, 3), np.uint8)
-        return batch.astype(np.float32), (cells, regions, scale, inputs.size)
+        channels, cells, nuclei, scale = self.segment(inputs, options)
+        return cell_features(channels, cells, nuclei), (cells, measure.regionprops(cells), scale, inputs.size)
 
     def postprocess(self, probabilities: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
         cells, regions, scale, (width, height) = context
         names = self.spec.label_names
         thresholds = np.clip(self.thresholds * options["threshold_scale"], 0, 1)
+        thresholds[~np.isfinite(self.thresholds)] = np.inf
+        answered = np.isfinite(thresholds)
         predictions = []
         for number, (region, per_class) in enumerate(zip(regions, probabilities), 1):
             mask = cells == region.label
@@ -162,7 +158,7 @@ class ProteinModel(MicroscopyModel):
             ys, xs = np.nonzero(mask)
             above = np.flatnonzero(per_class >= thresholds)
             ranked = above[np.argsort(-per_class[above])]
-            top = int(np.argmax(per_class))
+            top = int(np.argmax(np.where(answered, per_class, -1.0)))  # the best class it may answer
             predictions.append({
                 "cell_id": number,
                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
@@ -179,22 +175,80 @@ class ProteinModel(MicroscopyModel):
         return {"predictions": predictions, "image_labels": image_labels, "cell_count": len(predictions)}
 
     def render(self, inputs: Field, result: dict[str, Any]) -> Image.Image:
-        """RGB composite (red, green, blue) with cell outlines and each cell's top label."""
+        """The field (red, green, blue; each stretched to its 99.5th percentile) with every cell outlined in
+        the colour of its top compartment and numbered as its ``cell_id``; above it the cell count and the
+        field's labels, beside it the colour key with the number of cells per compartment."""
         from pycocotools import mask as coco_mask
 
-        rgb = (np.clip(inputs.channels[..., :3], 0, 1) * 255).astype(np.uint8).copy()
+        planes = inputs.channels[..., :3]
+        top = np.maximum(np.percentile(planes, 99.5, axis=(0, 1)), 1e-6)
+        image = Image.fromarray((np.clip(planes / top, 0, 1) * 255).astype(np.uint8))
+        rgb = np.asarray(image).copy()
+        key = self.colour_key()
         for prediction in result["predictions"]:
             encoded = {"size": prediction["mask"]["size"], "counts": prediction["mask"]["counts"].encode()}
-            rgb[segmentation.find_boundaries(coco_mask.decode(encoded).astype(bool))] = (255, 255, 255)
+            outline = segmentation.find_boundaries(coco_mask.decode(encoded).astype(bool), mode="inner")
+            rgb[outline] = key.get(prediction["labels"][0]["label"] if prediction["labels"] else None, NO_LABEL)
         image = Image.fromarray(rgb)
         draw = ImageDraw.Draw(image)
-        font = ImageFont.load_default(size=max(10, round(image.width / 50)))
-        for prediction in result["predictions"]:
+        font = self.font(image.width)
+        for text, box in self.number_boxes(result["predictions"], draw, font, image.size):
+            draw.text(box[:2], text, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+        return self.frame(image, result, key, font)
+
+    def colour_key(self) -> dict[str | None, tuple[int, int, int]]:
+        """One colour per class the model answers (never-answered classes need none)."""
+        answered = [name for name, t in zip(self.spec.label_names, self.thresholds) if np.isfinite(t)]
+        return dict(zip(answered, distinct_colours(len(answered))))
+
+    @staticmethod
+    def font(width: int) -> ImageFont.FreeTypeFont:
+        return ImageFont.load_default(size=max(11, round(width / 45)))
+
+    @staticmethod
+    def number_boxes(predictions: list[dict[str, Any]], draw: ImageDraw.ImageDraw, font, size: tuple[int, int]
+                     ) -> list[tuple[str, tuple[float, float, float, float]]]:
+        """Each cell's number and its text box, centred on the cell's bounding box and moved inside the image."""
+        placed = []
+        for prediction in predictions:
             x, y, w, h = prediction["bbox"]
-            text = prediction["labels"][0]["label"] if prediction["labels"] else "(none)"
-            draw.text((x + w / 2, y + h / 2), text, fill=(255, 255, 0), font=font, anchor="mm",
-                      stroke_width=2, stroke_fill=(0, 0, 0))
-        return image
+            text = str(prediction["cell_id"])
+            left, top, right, bottom = draw.textbbox((x + w / 2, y + h / 2), text, font=font, anchor="mm",
+                                                     stroke_width=2)
+            dx, dy = inside((left, top, right, bottom), *size)
+            placed.append((text, (left + dx, top + dy, right + dx, bottom + dy)))
+        return placed
+
+    def frame(self, image: Image.Image, result: dict[str, Any], key: dict[str | None, tuple[int, int, int]],
+              font) -> Image.Image:
+        """``image`` with the banner above (cell count, field labels) and the colour key beside it."""
+        counts: dict[str | None, int] = {}
+        for prediction in result["predictions"]:
+            name = prediction["labels"][0]["label"] if prediction["labels"] else None
+            counts[name] = counts.get(name, 0) + 1
+        rows = [(key[name], f"{name}: {counts[name]}") for name in key if name in counts]
+        if None in counts:
+            rows.append((NO_LABEL, f"no label above threshold: {counts[None]}"))
+        scratch = ImageDraw.Draw(image)
+        line = round(font.size * 1.5)
+        panel = round(max([scratch.textlength(text, font=font) for _, text in rows] +
+                          [scratch.textlength("top compartment (cells)", font=font)]) + 2.5 * font.size)
+        labels = ", ".join(f"{label['label']} {label['probability']:.2f}" for label in result["image_labels"])
+        banner = wrapped(scratch, f"{result['cell_count']} cells. Field: "
+                         f"{labels or 'no compartment above its threshold'}", font, image.width + panel - font.size)
+        top = line * len(banner) + font.size // 2
+        out = Image.new("RGB", (image.width + panel, max(image.height, line * (len(rows) + 1)) + top), "white")
+        out.paste(image, (0, top))
+        draw = ImageDraw.Draw(out)
+        for k, text in enumerate(banner):
+            draw.text((font.size // 2, font.size // 4 + k * line), text, fill="black", font=font)
+        x = image.width + font.size // 2
+        draw.text((x, top), "top compartment (cells)", fill="black", font=font)
+        for k, (colour, text) in enumerate(rows, 1):
+            y = top + k * line
+            draw.rectangle([x, y + 2, x + font.size - 2, y + font.size], fill=colour, outline="black")
+            draw.text((x + font.size + 4, y), text, fill="black", font=font)
+        return out
 
     def warm_up_input(self) -> Field:
         yy, xx = np.mgrid[:256, :256]

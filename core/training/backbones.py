@@ -69,7 +69,7 @@ def build_backbone(name: str, weights: str, input_shape: tuple[int, int, int]) -
 
 
 def build_classifier(backbone_name: str, weights: str, input_shape: tuple[int, int, int], n_classes: int,
-                     mode: str, dropout: float = 0.3, multi_label: bool = False) -> keras.Model:
+                     mode: str, dropout: float = 0.3) -> keras.Model:
     """Backbone + new head; in ``tl`` the backbone is frozen, in ``ft`` all but its first block train."""
     backbone = build_backbone(backbone_name, weights, input_shape)
     spec = BACKBONES[backbone_name]
@@ -92,5 +92,5 @@ def build_classifier(backbone_name: str, weights: str, input_shape: tuple[int, i
     # training=False keeps batch-norm statistics fixed while fine-tuning (small batches, small data).
     x = backbone(x, training=False)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax", name="head")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="head")(x)
     return keras.Model(inputs, outputs, name=f"{backbone_name}_{mode}")

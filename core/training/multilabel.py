@@ -1,12 +1,9 @@
-"""Field-level figures of multi-label training (e.g. protein: weak field labels per cell).
+"""Field-level figures of multi-label answers (the protein model: which compartments a field's protein is in).
 
-Examples carry their labels as an integer bit mask (so the shared decoded-data cache serves them too).
-Fields of the weakly labelled sources are split into folds: one is the test split, the next the validation
-split (early stopping and threshold calibration); fields of exact-label sources (semi-synthetic
-single-pattern cells) always train. Classes are balanced by sample weights. A field's score for a class is
-the 75th percentile over its cells (a quarter of its cells show it: steadier than the maximum, which one
-odd cell decides); the report is per field: micro-F1, macro-F1, per-class figures, mean average precision,
-and the micro-F1 of always answering the most frequent training classes, for scale.
+Per-class thresholds are chosen to maximise micro-F1 over fields, one class at a time from the best shared
+threshold; a class may get "never" when answering it costs more than it gains. The trivial answer beside
+every score is the constant one: the k most frequent training classes for every field (k chosen on the
+training fields).
 """
 from __future__ import annotations
 
@@ -16,66 +13,80 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
 from core.evaluation import micro_f1
-from core.multilabel import field_scores
 
-MIN_TRUSTED_FIELDS = 3  # a class seen in fewer training fields than this is reported as untrustworthy
-MIN_CALIBRATION_FIELDS = 3  # a class gets its own threshold only with this many positive validation fields
-
-
-def split_fields(groups: np.ndarray, exact: np.ndarray, folds: int, fold: int, seed: int) -> dict[str, np.ndarray]:
-    fields = np.array(sorted(set(groups[~exact])))
-    order = np.random.default_rng(seed).permutation(len(fields))
-    parts = np.array_split(fields[order], folds)
-    test, val = set(parts[fold]), set(parts[(fold + 1) % folds])
-    in_test, in_val = np.isin(groups, list(test)), np.isin(groups, list(val))
-    return {"train": np.flatnonzero(~in_test & ~in_val), "val": np.flatnonzero(in_val), "test": np.flatnonzero(in_test)}
+#: a class needs this many positive fields to be learnt, to get its own threshold and to be reported alone
+MIN_FIELDS = 3
+#: ... and out-of-fold average precision this far from chance (its prevalence, what random scores get) towards
+#: a perfect 1: below, the scores carry next to nothing about the class, and it is never answered
+LEARNT_OVER_CHANCE = 0.1
+GRID = np.round(np.arange(0.02, 0.99, 0.02), 2)
 
 
-def per_field(groups: np.ndarray, y: np.ndarray, p: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Field truth (its labels) and field scores (a percentile over its cells)."""
-    names = sorted(set(groups))
-    truth = np.stack([y[groups == g][0] for g in names])
-    scores = np.stack([field_scores(p[groups == g]) for g in names])
-    return names, truth, scores
+def learnt(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per class: enough positive fields, and out-of-fold ``scores`` that rank them well above chance."""
+    positives = truth.sum(axis=0)
+    return np.array([positives[k] >= MIN_FIELDS and positives[k] < len(truth) and
+                     _over_chance(truth[:, k], scores[:, k]) >= LEARNT_OVER_CHANCE
+                     or positives[k] == len(truth) for k in range(truth.shape[1])])
 
 
-def calibrate(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per class, the threshold with the best F1 on validation fields where it has enough positive fields
-    to say; elsewhere the shared threshold with the best micro-F1 (per-class thresholds fitted on one or
-    two fields do not carry over to new fields)."""
-    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    shared = max(grid, key=lambda th: micro_f1(truth, scores >= th))
-    return np.array([max(grid, key=lambda th: micro_f1(truth[:, k], scores[:, k] >= th))
-                     if truth[:, k].sum() >= MIN_CALIBRATION_FIELDS else shared
-                     for k in range(truth.shape[1])], np.float32)
+def _over_chance(truth: np.ndarray, scores: np.ndarray) -> float:
+    """(average precision − prevalence) / (1 − prevalence): 0 at chance, 1 for a perfect ranking."""
+    prevalence = truth.mean()
+    return (average_precision_score(truth, scores) - prevalence) / (1 - prevalence)
 
 
-def most_frequent_baseline(train_y: np.ndarray, val_truth: np.ndarray, test_truth: np.ndarray) -> float:
-    """Micro-F1 on the test fields of always answering the k most frequent training classes (k chosen on
-    the validation fields): what the model must beat to have learnt anything from the pixels."""
-    order = np.argsort(-train_y.sum(axis=0))
+def fit_thresholds(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per class, the threshold (``inf`` = never answered) that maximises micro-F1 over the fields, by
+    coordinate ascent from the best shared threshold; classes not :func:`learnt` from these out-of-fold
+    ``scores`` are never answered."""
+    shared = max(GRID, key=lambda t: micro_f1(truth, scores >= t))
+    thresholds = np.full(truth.shape[1], shared, float)
+    learnable = learnt(truth, scores)
+    thresholds[~learnable] = np.inf
+    candidates = np.append(GRID, np.inf)
+    for _ in range(2):
+        for k in np.flatnonzero(learnable):
+            def score(t: float) -> float:
+                trial = thresholds.copy()
+                trial[k] = t
+                return micro_f1(truth, scores >= trial)
+            thresholds[k] = max(candidates, key=score)
+    return thresholds
 
-    def constant(truth: np.ndarray, k: int) -> np.ndarray:
-        predicted = np.zeros_like(truth, bool)
-        predicted[:, order[:k]] = True
-        return predicted
 
-    best_k = max(range(1, 6), key=lambda k: micro_f1(val_truth, constant(val_truth, k)))
-    return round(micro_f1(test_truth, constant(test_truth, best_k)), 4)
+def constant_answer(train_truth: np.ndarray) -> np.ndarray:
+    """The class set (boolean per class) a model without eyes would answer for every field: the k most
+    frequent training classes, k maximising micro-F1 on the training fields."""
+    order = np.argsort(-train_truth.sum(axis=0), kind="stable")
+
+    def answer(k: int) -> np.ndarray:
+        chosen = np.zeros(train_truth.shape[1], bool)
+        chosen[order[:k]] = True
+        return chosen
+
+    best = max(range(1, 6), key=lambda k: micro_f1(train_truth, np.broadcast_to(answer(k), train_truth.shape)))
+    return answer(best)
 
 
-def field_report(truth: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, names: list[str]) -> dict[str, Any]:
-    predicted = (scores >= thresholds).astype(int)
-    present = np.flatnonzero(truth.sum(axis=0) > 0)
-    p, r, f, support = precision_recall_fscore_support(truth, predicted, zero_division=0)
-    micro = precision_recall_fscore_support(truth, predicted, average="micro", zero_division=0)
+def field_report(truth: np.ndarray, scores: np.ndarray, decisions: np.ndarray, names: list[str],
+                 copies: int = 1) -> dict[str, Any]:
+    """Micro-F1 and its parts, macro-F1 and mean average precision over the classes with at least MIN_FIELDS
+    positive fields, and per-class figures for those classes (fields × classes arrays, each field given
+    ``copies`` times when answers of repeated cross-validations are pooled)."""
+    supported = np.flatnonzero(truth.sum(axis=0) >= MIN_FIELDS * copies)
+    p, r, f, support = precision_recall_fscore_support(truth, decisions, zero_division=0)
+    micro = precision_recall_fscore_support(truth, decisions, average="micro", zero_division=0)
+    average_precision = {k: float(average_precision_score(truth[:, k], scores[:, k])) for k in supported}
     return {
-        "fields": int(len(truth)),
+        "fields": int(len(truth) // copies),
         "micro_f1": round(float(micro[2]), 4), "micro_precision": round(float(micro[0]), 4),
         "micro_recall": round(float(micro[1]), 4),
-        "macro_f1_classes_present": round(float(np.mean(f[present])), 4) if len(present) else None,
-        "mean_average_precision": round(float(np.mean([average_precision_score(truth[:, k], scores[:, k])
-                                                       for k in present])), 4) if len(present) else None,
+        "macro_f1": round(float(np.mean(f[supported])), 4) if len(supported) else None,
+        "mean_average_precision": round(float(np.mean(list(average_precision.values()))), 4)
+        if len(supported) else None,
         "per_class": {names[k]: {"precision": round(float(p[k]), 4), "recall": round(float(r[k]), 4),
-                                 "f1": round(float(f[k]), 4), "support_fields": int(support[k])} for k in present},
+                                 "f1": round(float(f[k]), 4), "average_precision": round(average_precision[k], 4),
+                                 "prevalence": round(float(truth[:, k].mean()), 4),
+                                 "support_fields": int(support[k] // copies)} for k in supported},
     }

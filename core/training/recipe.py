@@ -26,8 +26,6 @@ class Example:
 
 
 class TrainingRecipe:
-    #: several labels per example (sigmoid outputs; examples carry a bit mask of label ids)
-    multi_label: bool = False
     #: augmentation: how free rotations fill the corners ("constant" black, or "reflect" tissue)
     rotation_fill: str = "constant"
     #: fit a softmax temperature on the validation groups, so that the served probabilities are calibrated
@@ -35,6 +33,12 @@ class TrainingRecipe:
 
     def __init__(self, model: MicroscopyModel):
         self.model = model
+
+    def train(self, settings) -> dict[str, Any] | None:
+        """A model that is not a fine-tuned network (e.g. a classifier on measures) trains here, writes its
+        assets into ``settings.out`` and returns model.json as written; None: the shared network pipeline
+        (core.training.trainer) trains it from the hooks below."""
+        return None
 
     def examples(self, data_dir: Path) -> Iterator[tuple[np.ndarray, int, str]]:
         """(network input, label, group) for every training example; by default one per file of :meth:`files`.

@@ -1,6 +1,6 @@
-"""What differs between single-label and multi-label training: targets, split, weights, loss and evaluation.
+"""What a network's training task decides: targets, split, weights, loss and evaluation.
 
-The trainer (core.training.trainer) runs one pipeline and asks the task of the model's recipe for these.
+The trainer (core.training.trainer) runs one pipeline and asks the task for these.
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from typing import Any
 import numpy as np
 
 from core.evaluation import expected_calibration_error, f1_counts, fit_temperature, mean_sd, temper
-from core.multilabel import mask_to_multi_hot
-from core.training import multilabel
 from core.training.data import Arrays, three_way_split
 from core.training.recipe import TrainingRecipe
 from core.training.report import classification_report, pooled_report
@@ -128,76 +126,6 @@ class SingleLabel:
         detections = [meta["metrics"].get("detection") for meta in metas]
         if all(detections):
             summary["detection"] = pool_detection(detections)
-        return summary
-
-
-class MultiLabel:
-    """Several labels per example (sigmoids) from weak field labels: fields split into folds, rare classes
-    weighted up, per-class thresholds calibrated on the validation fields, reported per field."""
-
-    loss, metrics = "binary_crossentropy", []
-    fold_keys = ("micro_f1", "mean_average_precision", "macro_f1_classes_present", "most_frequent_classes_micro_f1")
-
-    def __init__(self, recipe: TrainingRecipe, settings):
-        self.recipe, self.settings = recipe, settings
-        self.names = recipe.model.spec.label_names
-
-    def targets(self, arrays: Arrays) -> np.ndarray:
-        return mask_to_multi_hot(arrays.y, len(self.names))
-
-    def split(self, arrays: Arrays) -> dict[str, np.ndarray]:
-        exact_sources = set(self.recipe.model.spec.meta.get("data", {}).get("exact_label_sources", []))
-        exact = np.array([g.split("/")[0] in exact_sources for g in arrays.groups])
-        s = self.settings
-        return multilabel.split_fields(arrays.groups, exact, s.folds, s.fold, s.seed)
-
-    def split_note(self, meta: dict[str, Any]) -> str:
-        return (f"held-out HPA fields: fold {self.settings.fold} of {self.settings.folds} (every cell of a field in "
-                f"one split); thresholds calibrated on the next fold; field labels = union over its cells")
-
-    def sample_weights(self, y: np.ndarray) -> np.ndarray:
-        """Rare classes sampled up: each example by the mean inverse frequency of its labels, bounded."""
-        frequency = y.sum(axis=0)
-        inverse = np.where(frequency > 0, len(y) / np.maximum(frequency, 1), 0.0)
-        weights = np.array([inverse[labels > 0].mean() if labels.any() else 1.0 for labels in y], np.float32)
-        return np.clip(weights / np.median(weights), 0.2, 10.0)
-
-    def evaluate(self, network, arrays: Arrays, targets: np.ndarray, split: dict[str, np.ndarray], model
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
-        def scores(index: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-            p = network.predict(arrays.x[index].astype(np.float32), batch_size=256, verbose=0)
-            return multilabel.per_field(arrays.groups[index], targets[index], p)
-
-        _, val_truth, val_scores = scores(split["val"])
-        thresholds = multilabel.calibrate(val_truth, val_scores)
-        _, test_truth, test_scores = scores(split["test"])
-        report = multilabel.field_report(test_truth, test_scores, thresholds, self.names)
-        report["default_thresholds_micro_f1"] = multilabel.field_report(
-            test_truth, test_scores, np.full(len(self.names), 0.5), self.names)["micro_f1"]
-        train = split["train"]
-        report["most_frequent_classes_micro_f1"] = multilabel.most_frequent_baseline(targets[train], val_truth,
-                                                                                     test_truth)
-        fields_per_class = [len({g for g, labels in zip(arrays.groups[train], targets[train]) if labels[k]})
-                            for k in range(len(self.names))]
-        print(f"[test] fields {report['fields']}: micro-F1 {report['micro_f1']} (0.5 thresholds: "
-              f"{report['default_thresholds_micro_f1']}; most frequent classes: "
-              f"{report['most_frequent_classes_micro_f1']}), mAP {report['mean_average_precision']}", flush=True)
-        metrics = {
-            "test": report,
-            "classes_with_too_few_training_fields": [self.names[k] for k, n in enumerate(fields_per_class)
-                                                     if n < multilabel.MIN_TRUSTED_FIELDS],
-            "training_fields_per_class": dict(zip(self.names, fields_per_class)),
-            "training_fields": len(set(arrays.groups[train])),
-        }
-        if self.recipe.model.spec.meta.get("data", {}).get("exact_label_sources"):
-            metrics["semi_synthetic"] = "part of the training cells (DULoc single-pattern grids) are semi-synthetic"
-        return {"inference": {"tta": False, "thresholds": [float(t) for t in thresholds]}}, metrics
-
-    def summarise_folds(self, metas: list[dict[str, Any]], held_out: list[tuple] | None = None) -> dict[str, Any]:
-        reports = [meta["metrics"]["test"] for meta in metas]
-        summary: dict[str, Any] = {"folds": len(metas), "split": "each fold's held-out HPA fields in turn"}
-        for key in self.fold_keys:
-            summary[key] = mean_sd([r[key] for r in reports if r[key] is not None])
         return summary
 
 

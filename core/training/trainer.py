@@ -1,7 +1,8 @@
 """One training run: data → grouped split → classifier → fit with early stopping → evaluation → assets.
 
-Single-label and multi-label models share this pipeline; what differs (targets, split, weights, loss,
-evaluation) is their task's (core.training.tasks), chosen by the model's recipe.
+Every network model shares this pipeline; what differs (targets, split, evaluation) is its task's
+(core.training.tasks). A model whose recipe trains something else (a classifier on measures) trains
+through its recipe's ``train`` instead.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from core.assets import MODEL_JSON, read_spec, sha256_of, write_meta
 from core.registry import model_class
 from core.training.data import Arrays, dataset, load_arrays
 from core.training.recipe import recipe_for
-from core.training.tasks import MultiLabel, SingleLabel
+from core.training.tasks import SingleLabel
 
 
 @dataclass
@@ -58,10 +59,18 @@ def _limit(arrays: Arrays, per_class: int) -> Arrays:
 
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Train, evaluate on the held-out split and write weights + model.json into ``settings.out``."""
-    return _train_fold(settings)[0]
+    own = _recipe_training(settings)
+    return own if own is not None else _train_fold(settings)[0]
 
 
-def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel | MultiLabel]:
+def _recipe_training(settings: TrainSettings) -> dict[str, Any] | None:
+    """model.json as written by a recipe that trains its model itself (which cross-validates as it sees fit),
+    or None for a network trained here."""
+    model = model_class(settings.model_id)(read_spec(settings.assets_dir / settings.model_id))
+    return recipe_for(model).train(settings)
+
+
+def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel]:
     """model.json as written, and the task (which keeps the held-out predictions of a single-label model)."""
     import keras
 
@@ -72,7 +81,7 @@ def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel | 
     spec.meta["input"].update(settings.input_overrides or {})
     model = model_class(settings.model_id)(spec)
     recipe = recipe_for(model)
-    task = (MultiLabel if recipe.multi_label else SingleLabel)(recipe, settings)
+    task = SingleLabel(recipe, settings)
     arrays = load_arrays(recipe, settings.data, settings.cache_dir)
     if settings.limit_groups:
         arrays = _limit(arrays, settings.limit_groups)
@@ -83,7 +92,7 @@ def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel | 
     train_index, val_index = split["train"], split["val"]
 
     network = build_classifier(settings.backbone, settings.weights, arrays.x.shape[1:], len(spec.labels),
-                               settings.mode, multi_label=recipe.multi_label)
+                               settings.mode)
     lr = settings.learning_rate or (1e-3 if settings.mode == "tl" else 3e-4)
     network.compile(optimizer=keras.optimizers.Adam(lr), loss=task.loss, metrics=task.metrics)
     trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
@@ -149,6 +158,9 @@ def write_assets(out: Path, meta: dict[str, Any], network) -> dict[str, Any]:
 def cross_validate(settings: TrainSettings) -> dict[str, Any]:
     """Train on every fold in turn; ship fold ``settings.fold``'s model (written to ``settings.out``) with the
     folds' figures (mean ± sd) in its model.json; the other folds train in a scratch folder."""
+    own = _recipe_training(settings)
+    if own is not None:
+        return own
     runs = [_train_fold(settings)]
     with tempfile.TemporaryDirectory() as scratch:
         for fold in range(settings.folds):
