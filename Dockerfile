@@ -4,6 +4,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     TF_CPP_MIN_LOG_LEVEL=2 PROMETHEUS_MULTIPROC_DIR=/tmp/mmax-metrics \
     MMAX_DATA_DIR=/var/lib/microscopy-max
 
+# DejaVu Sans draws the "²" and "µ" of the pictures' units (core/fonts.py).
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt

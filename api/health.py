@@ -13,6 +13,7 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
 
     @ns.route("/live", doc={"security": []})
     class Live(Resource):
+        @ns.doc(id="health_live")
         @ns.response(200, "the process serves requests", schemas.health)
         def get(self):
             """200 while the process serves requests."""
@@ -20,6 +21,7 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
 
     @ns.route("/ready", doc={"security": []})
     class Ready(Resource):
+        @ns.doc(id="health_ready")
         @ns.response(200, "every enabled model answered its warm-up call", schemas.health)
         @ns.response(503, "some model is loading or failed", schemas.health)
         def get(self):

@@ -12,6 +12,7 @@ from flask_restx import Namespace, Resource
 from werkzeug.datastructures import FileStorage
 
 from api import schemas
+from api.forms import form_and_files
 from core.errors import ClientError
 from core.jobs import RESULT_FILES, JobNotDone, JobRunner
 from core.options import parse_options
@@ -38,20 +39,19 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def submit_parser(ns: Namespace, registry: ModelRegistry):
+def submit_form(ns: Namespace, model: SlideModel):
+    """The Swagger form of one slide model's job: the slide (upload or path) and exactly its options, typed."""
     parser = ns.parser()
+    parser.argument_class = schemas.RangedArgument
     parser.add_argument("slide", location="files", type=FileStorage, required=False,
                         help="the slide file to upload (SVS, tiled TIFF, NDPI, ...; single-file formats)")
     parser.add_argument("slide_path", location="form", type=str, required=False,
                         help="or: the slide's path relative to the server's slide root (MMAX_SLIDE_ROOT)")
-    seen = set()
-    for model in registry.models.values():
-        if isinstance(model, SlideModel):
-            for option in model.declared_options():
-                if option.name not in seen and option.name != "format":
-                    seen.add(option.name)
-                    parser.add_argument(option.name, location="form", type=str, required=False,
-                                        default=option.default, help=option.help)
+    for option in model.declared_options():
+        if option.name != "format":
+            parser.add_argument(option.name, location="form", type=option.type, required=False,
+                                choices=list(option.choices) if option.choices else None, default=option.default,
+                                help=option.help, minimum=option.minimum, maximum=option.maximum)
     return parser
 
 
@@ -62,14 +62,15 @@ def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[d
     if not isinstance(model, SlideModel):
         raise ClientError(f"model '{model_id}' does not analyse whole slides; use /model/{model_id}/predict")
     request.max_content_length = config.max_slide_bytes
-    given = {key: request.form[key] for key in request.form if key != "slide_path"}
+    form, files = form_and_files(query=False)
+    given = {key: value for key, value in form.items() if key != "slide_path"}
     declared = tuple(o for o in model.declared_options() if o.name != "format")
-    options = parse_options(declared, given, ignore=set(request.files) | {"slide_path"})
-    unexpected = sorted(set(request.files) - {"slide"})
+    options = parse_options(declared, given, ignore=set(files) | {"slide_path"})
+    unexpected = sorted(set(files) - {"slide"})
     if unexpected:
         raise ClientError(f"unexpected file field(s) {', '.join(unexpected)}; send the slide in 'slide'")
-    job = runner.store.submit(model, options, upload=request.files.get("slide"),
-                              slide_path=request.form.get("slide_path"), slide_root=config.slide_root)
+    job = runner.store.submit(model, options, upload=files.get("slide"),
+                              slide_path=form.get("slide_path"), slide_root=config.slide_root)
     runner.wake()
     return job_json(job), 202, {"Location": f"/jobs/{job['id']}"}
 
@@ -79,22 +80,35 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
     for schema in (schemas.error, schemas.job_links, schemas.job, schemas.job_list):
         ns.add_model(schema.name, schema)
     store = runner.store
-    job_form = submit_parser(ns, registry)
-
     @ns.route("model/<string:model_id>/jobs")
-    @ns.param("model_id", "a model that analyses whole slides, e.g. metastasis")
+    @ns.hide  # each slide model documents its own route (below); this one serves clients that build the URL
     class Submit(Resource):
-
-        @ns.expect(job_form)
-        @ns.response(202, "queued; follow it at /jobs/{job_id} (the Location header)", schemas.job)
-        @ns.response(400, "bad option, missing slide, or a model without whole-slide analysis", schemas.error)
-        @ns.response(403, "slide path outside the slide root", schemas.error)
-        @ns.response(404, "unknown model or slide", schemas.error)
-        @ns.response(413, "upload too large", schemas.error)
-        @ns.response(415, "not a slide OpenSlide or Pillow can read", schemas.error)
         def post(self, model_id: str):
-            """Analyse a whole slide as a job: upload it ('slide') or name it under the slide root ('slide_path')."""
             return submit(registry, runner, model_id)
+
+    def submit_route(model_id: str) -> None:
+        form = submit_form(ns, registry.models[model_id])
+
+        class SubmitOne(Resource):
+            @ns.doc(id=f"submit_job_{model_id}")
+            @ns.expect(form)
+            @ns.response(202, "queued; follow it at /jobs/{job_id} (the Location header)", schemas.job)
+            @ns.response(400, "bad option or missing slide", schemas.error)
+            @ns.response(403, "slide path outside the slide root", schemas.error)
+            @ns.response(404, "no such slide", schemas.error)
+            @ns.response(413, "upload too large", schemas.error)
+            @ns.response(415, "not a slide OpenSlide or Pillow can read", schemas.error)
+            def post(self, model_id: str):
+                return submit(registry, runner, model_id)
+
+        SubmitOne.post.__doc__ = (f"{registry.models[model_id].spec.name} ({model_id}) on a whole slide, as a job: "
+                                  f"upload it ('slide') or name it under the slide root ('slide_path').")
+        ns.add_resource(SubmitOne, f"model/{model_id}/jobs", endpoint=f"submit_job_{model_id}",
+                        defaults={"model_id": model_id})
+
+    for model_id, model in registry.models.items():
+        if isinstance(model, SlideModel):
+            submit_route(model_id)
 
     @ns.route("jobs")
     class JobList(Resource):
@@ -133,6 +147,7 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
         @ns.response(409, "not done (yet)", schemas.error)
         class Result(Resource):
 
+            @ns.doc(id=f"get_job_{key}")
             @ns.produces(sorted({MIMETYPES[key], "application/json"}))  # errors are JSON
             @ns.response(200, f"the job's {key} ({MIMETYPES[key]})")
             def get(self, job_id: str):

@@ -1,13 +1,63 @@
 """Response schemas for the OpenAPI document, kept apart from the routes that use them."""
 from __future__ import annotations
 
-from flask_restx import Model, fields
+from flask_restx import Model, fields, reqparse
 
 
 class AnyValue(fields.Raw):
     """A value of any JSON type (flask-restx's Raw documents itself as an object)."""
 
     __schema_type__ = None
+
+
+class RangedArgument(reqparse.Argument):
+    """A form argument whose OpenAPI parameter carries ``minimum`` and ``maximum``."""
+
+    def __init__(self, *args, minimum: float | None = None, maximum: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.minimum, self.maximum = minimum, maximum
+
+    @property
+    def __schema__(self):
+        schema = super().__schema__
+        if schema is not None:
+            schema.update({key: value for key, value in (("minimum", self.minimum), ("maximum", self.maximum))
+                           if value is not None})
+        return schema
+
+
+def _nullable(field_class: type) -> type:
+    """``field_class`` whose schema admits null (OpenAPI 2's ``x-nullable``): null means "not applicable"."""
+    def schema(self) -> dict:
+        return {**field_class.schema(self), "x-nullable": True}
+    return type(f"Nullable{field_class.__name__}", (field_class,), {"schema": schema})
+
+
+FIELD_TYPES = {"string": fields.String, "number": fields.Float, "integer": fields.Integer,
+               "boolean": fields.Boolean, "object": fields.Raw}
+NULLABLE = {name: _nullable(field_class) for name, field_class in FIELD_TYPES.items()}
+
+
+def _field(declared) -> fields.Raw:
+    """A response field from model.json's ``output`` declaration (core.output_spec.Field)."""
+    if declared.type.endswith("[]"):
+        return _nullable(fields.List)(NULLABLE[declared.type[:-2]], description=declared.description)
+    return NULLABLE[declared.type](description=declared.description)
+
+
+def answer(model) -> tuple[Model, Model]:
+    """The response schema of one model's predict call, from its model.json ``output``: (its prediction, the
+    answer); both need registering."""
+    name = "".join(part.capitalize() for part in model.spec.id.split("_"))
+    prediction = Model(f"{name}Prediction", {key: _field(value) for key, value in model.output.prediction.items()})
+    return prediction, Model(f"{name}Answer", {
+        "status": fields.String(example="ok"),
+        "model": fields.String(example=model.spec.id),
+        "version": fields.String(example=model.spec.version),
+        "image": fields.Raw(description="width and height of the upload"),
+        "predictions": fields.List(fields.Nested(prediction)),
+        **{key: _field(value) for key, value in model.output.answer.items()},
+    })
 
 
 error = Model("Error", {

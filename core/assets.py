@@ -37,6 +37,10 @@ class ModelSpec:
         return [label["name"] for label in self.labels]
 
     @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
     def source(self) -> Path:
         """The model.json file, named in every error about its content."""
         return self.directory / MODEL_JSON

@@ -5,7 +5,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from core import fonts
 
 # Colour-blind-safe palette (Okabe & Ito), one colour per label index.
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
@@ -23,7 +25,7 @@ def draw_boxes(rgb: np.ndarray, predictions: Sequence[dict[str, Any]], label_nam
     image = Image.fromarray(rgb).convert("RGB")
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
-    font = ImageFont.load_default(size=max(12, round(max(image.size) / 45)))
+    font = fonts.font(max(12, round(max(image.size) / 45)))
     for prediction in predictions:
         x, y, w, h = prediction["bbox"]
         colour = colour_for(label_names.index(prediction["label"]))
@@ -42,7 +44,8 @@ def draw_banner(image: Image.Image, text: str, label_names: Sequence[str],
                 colours: Sequence[tuple[int, int, int]] | None = None) -> Image.Image:
     """A strip above the image with a summary and a colour key of the labels (``colours``, by default
     the palette's, one per label)."""
-    font = ImageFont.load_default(size=max(14, round(image.width / 50)))
+    font = fonts.font(max(14, round(image.width / 50)))
+    text = fonts.printable(text)
     height = round(font.size * 1.8)
     out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
     out.paste(image, (0, height))

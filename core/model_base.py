@@ -20,6 +20,7 @@ from core.evaluation import temper
 from core.imageio import decode_image, to_rgb8
 from core.input_spec import InputSpec
 from core.options import Option
+from core.output_spec import OutputSpec
 from core.tta import dihedral_mean
 
 FORMAT_HELP = {"json": "predictions", "png": "the image with the predictions drawn",
@@ -41,6 +42,7 @@ class MicroscopyModel(ABC):
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.input = self.Input.from_json(spec.meta.get("input", {}), spec.source)
+        self.output = OutputSpec.from_json(spec.meta.get("output"), spec.source)
         self._options = self._with_defaults(spec.meta.get("defaults", {}))
         self.network = None
         self.runtime: str | None = None  # "onnx" or "tensorflow" once loaded

@@ -6,8 +6,10 @@ from typing import Any, Mapping
 
 from core.errors import BadOption
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+# As JSON and the OpenAPI boolean type spell them (case aside), so that a form that is valid by the
+# published schema is exactly what is accepted.
+_TRUE = {"true"}
+_FALSE = {"false"}
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,9 @@ MODEL_JSON = {
     "input": {"accepts": "any image", "resolution": "any", "window_px": 32, "network_input": [32, 32, 3]},
     "labels": [{"id": 0, "name": "dark"}, {"id": 1, "name": "bright"}],
     "defaults": {"gain": 1.0},
+    "output": {"prediction": {"label": {"type": "string", "description": "dark or bright"},
+                              "probability": {"type": "number", "description": "its probability"}},
+               "answer": {}},
     "weights": {"file": "toy.keras"},
 }
 
@@ -128,7 +131,8 @@ def test_a_new_model_trains_with_the_shared_command_and_serves(tmp_path: Path, t
     assert body["predictions"][0]["label"] in {"dark", "bright"}
     assert client.post("/model/toy/predict", data={"image": (io.BytesIO(image), "a.png"), "format": "png"},
                        content_type="multipart/form-data").status_code == 400
-    assert "/model/{model_id}/predict" in client.get("/swagger.json").get_json()["paths"]
+    form = client.get("/swagger.json").get_json()["paths"]["/model/toy/predict"]["post"]["parameters"]
+    assert [(p["name"], p["type"]) for p in form] == [("image", "file"), ("gain", "number")]
 
 
 @pytest.mark.parametrize("changes, words", [
@@ -137,6 +141,7 @@ def test_a_new_model_trains_with_the_shared_command_and_serves(tmp_path: Path, t
     ({"input": {**MODEL_JSON["input"], "window_px": "32"}}, "'window_px' must be int"),
     ({"defaults": {}}, "missing: gain"),
     ({"defaults": {"gain": 9.0}}, "between 0.0 and 4.0"),
+    ({"output": {"prediction": {"label": {"type": "text", "description": "x"}}, "answer": {}}}, "needs a type"),
 ])
 def test_a_model_json_that_does_not_fit_the_code_stops_start_up_naming_the_file(tmp_path, toy_code, changes, words):
     from core.registry import ModelRegistry

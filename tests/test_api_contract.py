@@ -119,7 +119,7 @@ def test_health_live_and_ready(client):
 def test_metrics_count_requests_per_model(client):
     predict(client)
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'mmax_requests_total{method="POST",model="leukocyte",route="/model/<string:model_id>/predict",status="200"}' in text
+    assert 'mmax_requests_total{method="POST",model="leukocyte",route="/model/leukocyte/predict",status="200"}' in text
     assert "mmax_request_seconds_bucket" in text and 'mmax_inference_seconds_count{model="leukocyte"}' in text
 
 
@@ -127,7 +127,7 @@ def test_swagger_ui_and_openapi_document(client):
     assert b"swagger" in client.get("/").data.lower()
     spec = client.get("/swagger.json").get_json()
     for path in ("/model/metadata", "/model/{model_id}/metadata", "/model/{model_id}/labels",
-                 "/model/{model_id}/predict", "/health/live", "/health/ready", "/metrics"):
+                 "/model/leukocyte/predict", "/health/live", "/health/ready", "/metrics"):
         assert path in spec["paths"], path
-    form = {p["name"] for p in spec["paths"]["/model/{model_id}/predict"]["post"]["parameters"]}
+    form = {p["name"] for p in spec["paths"]["/model/leukocyte/predict"]["post"]["parameters"]}
     assert {"image", "format", "scale"} <= form

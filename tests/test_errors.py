@@ -44,6 +44,8 @@ CASES = {
     "option nan": (dict(scale="nan"), 400, "scale"),
     "unknown option": (dict(threshold="0.5"), 400, "unknown option"),
     "bad query option": (dict(query="?format=jpg"), 400, "format"),
+    "option given twice": (dict(query="?scale=1.0", scale="2.0"), 400, "field 'scale' is given 2 times"),
+    "boolean not spelt true or false": (dict(model="protein", files={}, drop_border_cells="1"), 400, "true or false"),
 }
 
 
@@ -55,6 +57,15 @@ def test_client_mistake_gets_json_error_and_server_keeps_serving(client, case):
     body = response.get_json()
     assert body["status"] == "error" and words in body["message"]
     assert post(client).status_code == 200  # still serving normally
+
+
+def test_a_multipart_part_without_a_name_is_a_400(client):
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; filename=\"a.png\"\r\n\r\n").encode() + GOOD + \
+        f"\r\n--{boundary}--\r\n".encode()
+    response = client.post("/model/leukocyte/predict", data=body,
+                           content_type=f"multipart/form-data; boundary={boundary}")
+    assert response.status_code == 400 and response.get_json()["status"] == "error", response.get_data(as_text=True)
 
 
 def test_unknown_routes_and_methods_answer_json(client):

@@ -36,8 +36,8 @@ def test_options_parse_defaults_types_and_unknowns():
     declared = (Option("scale", float, "s", 1.0, minimum=0.1, maximum=4.0),
                 Option("format", str, "f", "json", choices=("json", "png")), Option("draw", bool, "d", False))
     assert parse_options(declared, {}, set()) == {"scale": 1.0, "format": "json", "draw": False}
-    assert parse_options(declared, {"scale": " 2 ", "draw": "yes"}, set())["scale"] == 2.0
-    for given in ({"scale": "0"}, {"format": "PNGX"}, {"draw": "maybe"}, {"other": "1"}):
+    assert parse_options(declared, {"scale": " 2 ", "draw": "True"}, set())["scale"] == 2.0
+    for given in ({"scale": "0"}, {"format": "PNGX"}, {"draw": "maybe"}, {"draw": "1"}, {"other": "1"}):
         with pytest.raises(BadOption):
             parse_options(declared, given, set())
     assert parse_options(declared, {"image": "x"}, {"image"})["format"] == "json"

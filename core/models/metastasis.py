@@ -103,7 +103,8 @@ class MetastasisModel(MicroscopyModel, SlideModel):
             extent = (grid.shape[1] * result["grid"]["cell_px"], grid.shape[0] * result["grid"]["cell_px"])
         else:
             grid, extent = np.array([[top]], dtype=np.float32), inputs.size
-        return outputs.heatmap_overlay(inputs, grid, extent, f"tumour probability (max {top:.2f})")
+        return outputs.heatmap_overlay(inputs, grid, extent, f"tumour probability (max {top:.2f})",
+                                       "tumour probability")
 
     def to_geojson(self, result: dict[str, Any]) -> dict[str, Any]:
         return outputs.polygons_geojson(result.get("tumor_regions", []), self.positive.capitalize(), TUMOR_COLOUR)
@@ -122,7 +123,7 @@ class MetastasisModel(MicroscopyModel, SlideModel):
         grid = engine.assemble(plan, found)
         result = {**outputs.slide_facts(slide, plan), **self.summarise(grid, plan, options)}
         title = f"tumour probability (max {self.top_probability(result):.2f})"
-        heatmap = outputs.slide_heatmap(slide, plan, grid, title)
+        heatmap = outputs.slide_heatmap(slide, plan, grid, title, "tumour probability")
         return SlideAnalysis(result, heatmap, self.to_geojson(result))
 
     # ---- a patch -----------------------------------------------------------------------------------

@@ -267,8 +267,11 @@ class MitosisModel(MicroscopyModel, SlideModel):
             "hotspot": {"area_mm2": round(side * side * cell_mm2, 3), "count": round(float(in_hotspot.max()))},
         }
         density = np.where(plan.tissue, in_hotspot / max(1.0, float(in_hotspot.max())), np.nan)
-        title = f"mitoses per {result['hotspot']['area_mm2']:g} mm2 (hotspot {result['hotspot']['count']})"
-        return SlideAnalysis(result, outputs.slide_heatmap(slide, plan, density, title), self.to_geojson(result))
+        area, hotspot = result["hotspot"]["area_mm2"], result["hotspot"]["count"]
+        title = f"{len(mitoses)} mitoses, {result['mitoses_per_mm2'] or 0:g} per mm² of tissue; hotspot {hotspot}"
+        heatmap = outputs.slide_heatmap(slide, plan, density, title, f"mitoses per {area:g} mm² around each point",
+                                        str(max(1, hotspot)))
+        return SlideAnalysis(result, heatmap, self.to_geojson(result))
 
 
 MODEL_CLASS = MitosisModel

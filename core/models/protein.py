@@ -21,6 +21,7 @@ from skimage import feature, filters, measure, morphology, segmentation
 from core.errors import AssetError, ClientError, UnsupportedImage
 from core.imageio import decode_image, grey_to_unit, tiff_channels
 from core.input_spec import InputSpec
+from core import fonts
 from core.drawing import distinct_colours, inside, wrapped
 from core.model_base import MicroscopyModel
 from core.models.protein_features import FEATURE_NAMES, cell_features
@@ -203,7 +204,7 @@ class ProteinModel(MicroscopyModel):
 
     @staticmethod
     def font(width: int) -> ImageFont.FreeTypeFont:
-        return ImageFont.load_default(size=max(11, round(width / 45)))
+        return fonts.font(max(11, round(width / 45)))
 
     @staticmethod
     def number_boxes(predictions: list[dict[str, Any]], draw: ImageDraw.ImageDraw, font, size: tuple[int, int]

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from skimage import measure
 
+from core import fonts
 from core.wsi.engine import THUMBNAIL_PX, Plan
 from core.wsi.slide import describe
 
@@ -22,9 +23,10 @@ def colourise(probabilities: np.ndarray) -> np.ndarray:
 
 
 def heatmap_overlay(background: Image.Image, grid: np.ndarray, grid_extent: tuple[float, float],
-                    title: str) -> Image.Image:
-    """``grid`` (NaN = not scored) over ``background``; ``grid_extent`` is the grid's (width, height) in
-    the background's pixels (it may reach past its edge). A title strip and colour key go on top."""
+                    title: str, quantity: str, high: str = "1") -> Image.Image:
+    """``grid`` (NaN = not scored; values 0..1) over ``background``; ``grid_extent`` is the grid's (width,
+    height) in the background's pixels (it may reach past its edge). Above it: the title, and the colour key
+    of ``quantity`` from 0 to ``high`` (what a value of 1 stands for)."""
     base = background.convert("RGB")
     cells = Image.fromarray(colourise(grid))
     scored = Image.fromarray((np.isfinite(grid) * 255 * 0.55).astype(np.uint8))
@@ -32,23 +34,33 @@ def heatmap_overlay(background: Image.Image, grid: np.ndarray, grid_extent: tupl
     cells = cells.resize(size, Image.Resampling.NEAREST).crop((0, 0) + base.size)
     alpha = scored.resize(size, Image.Resampling.NEAREST).crop((0, 0) + base.size)
     blended = Image.composite(cells, base, alpha)
-    return _with_key(blended, title)
+    return _with_key(blended, title, quantity, high)
 
 
-def _with_key(image: Image.Image, title: str) -> Image.Image:
-    font = ImageFont.load_default(size=max(12, round(image.width / 55)))
-    height = round(font.size * 2.2)
-    out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
-    out.paste(image, (0, height))
+def _with_key(image: Image.Image, title: str, quantity: str, high: str) -> Image.Image:
+    """Two rows above ``image``: the title, then "quantity: 0 [colour bar] high"; the picture widens (white)
+    where the rows need more room than a small image gives, so nothing overlaps or is cut."""
+    font = fonts.font(max(12, round(image.width / 55)))
+    title, key = fonts.printable(title), fonts.printable(f"{quantity}:")
+    high = fonts.printable(high)
+    measure_text = ImageDraw.Draw(image).textlength
+    margin, row = font.size // 2, round(font.size * 1.6)
+    bar_w = max(60, min(image.width // 3, 240))
+    needed = max(measure_text(title, font=font),
+                 measure_text(key, font=font) + measure_text(f"0  {high}", font=font) + bar_w + 3 * margin)
+    out = Image.new("RGB", (max(image.width, round(needed) + 2 * margin), image.height + 2 * row),
+                    (255, 255, 255))
+    out.paste(image, (0, 2 * row))
     draw = ImageDraw.Draw(out)
-    draw.text((font.size // 2, height // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
-    bar_w = min(image.width // 3, 240)
-    x1 = image.width - font.size - draw.textlength("1", font=font)
-    x0 = x1 - bar_w
+    draw.text((margin, row // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    y = row + row // 2
+    draw.text((margin, y), key, fill=(0, 0, 0), font=font, anchor="lm")
+    x = margin + measure_text(key, font=font) + margin
+    draw.text((x, y), "0", fill=(0, 0, 0), font=font, anchor="lm")
+    x += measure_text("0 ", font=font)
     ramp = colourise(np.linspace(0, 1, bar_w))[None].repeat(font.size, axis=0)
-    out.paste(Image.fromarray(ramp), (round(x0), height // 2 - font.size // 2))
-    draw.text((x0 - 4, height // 2), "0", fill=(0, 0, 0), font=font, anchor="rm")
-    draw.text((x1 + 4, height // 2), "1", fill=(0, 0, 0), font=font, anchor="lm")
+    out.paste(Image.fromarray(ramp), (round(x), y - font.size // 2))
+    draw.text((x + bar_w + margin // 2, y), high, fill=(0, 0, 0), font=font, anchor="lm")
     return out
 
 
@@ -76,12 +88,13 @@ def regions(grid: np.ndarray, threshold: float, cell_px: float, mpp: float | Non
     return sorted(found, key=lambda r: -r["area_px"])
 
 
-def slide_heatmap(slide, plan: Plan, grid: np.ndarray, title: str) -> Image.Image:
-    """``grid`` (one value per cell of ``plan``, NaN = not scored) over the slide's thumbnail, with its key."""
+def slide_heatmap(slide, plan: Plan, grid: np.ndarray, title: str, quantity: str, high: str = "1") -> Image.Image:
+    """``grid`` (one value per cell of ``plan``, NaN = not scored) over the slide's thumbnail, with its key
+    (see :func:`heatmap_overlay`)."""
     thumbnail = slide.get_thumbnail((THUMBNAIL_PX, THUMBNAIL_PX)).convert("RGB")
     shrink = thumbnail.width / slide.dimensions[0]
     extent = (plan.cols * plan.cell_level0 * shrink, plan.rows * plan.cell_level0 * shrink)
-    return heatmap_overlay(thumbnail, grid, extent, title)
+    return heatmap_overlay(thumbnail, grid, extent, title, quantity, high)
 
 
 def slide_facts(slide, plan: Plan) -> dict[str, Any]:
