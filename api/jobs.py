@@ -9,7 +9,6 @@ from typing import Any
 
 from flask import current_app, request, send_file
 from flask_restx import Namespace, Resource
-from werkzeug.datastructures import FileStorage
 
 from api import schemas
 from api.forms import form_and_files
@@ -41,17 +40,10 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
 
 def submit_form(ns: Namespace, model: SlideModel):
     """The Swagger form of one slide model's job: the slide (upload or path) and exactly its options, typed."""
-    parser = ns.parser()
-    parser.argument_class = schemas.RangedArgument
-    parser.add_argument("slide", location="files", type=FileStorage, required=False,
-                        help="the slide file to upload (SVS, tiled TIFF, NDPI, ...; single-file formats)")
+    parser = schemas.form(ns, [("slide", False, "the slide file to upload (SVS, tiled TIFF, NDPI, ...; single-file "
+                                                "formats)")], [o for o in model.declared_options() if o.name != "format"])
     parser.add_argument("slide_path", location="form", type=str, required=False,
                         help="or: the slide's path relative to the server's slide root (MMAX_SLIDE_ROOT)")
-    for option in model.declared_options():
-        if option.name != "format":
-            parser.add_argument(option.name, location="form", type=option.type, required=False,
-                                choices=list(option.choices) if option.choices else None, default=option.default,
-                                help=option.help, minimum=option.minimum, maximum=option.maximum)
     return parser
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from flask import current_app, send_file
 from flask_restx import Namespace, Resource
-from werkzeug.datastructures import FileStorage
 
 from api import schemas
 from api.forms import form_and_files
@@ -27,18 +26,9 @@ from core.registry import ModelRegistry
 
 def predict_form(ns: Namespace, model: MicroscopyModel):
     """The Swagger form of one model: its file fields and exactly its options, typed, with defaults and ranges."""
-    parser = ns.parser()
-    parser.argument_class = schemas.RangedArgument
-    parser.add_argument("image", location="files", type=FileStorage, required=not model.channel_fields,
-                        help=f"the image to analyse: {model.input.accepts}")
-    for name in model.channel_fields:
-        parser.add_argument(name, location="files", type=FileStorage, required=False,
-                            help=f"the {name} channel, instead of one multi-channel 'image'")
-    for option in model.declared_options():
-        parser.add_argument(option.name, location="form", required=False, type=option.type,
-                            choices=list(option.choices) if option.choices else None, default=option.default,
-                            help=option.help, minimum=option.minimum, maximum=option.maximum)
-    return parser
+    files = [("image", not model.channel_fields, f"the image to analyse: {model.input.accepts}")]
+    files += [(name, False, f"the {name} channel, instead of one multi-channel 'image'") for name in model.channel_fields]
+    return schemas.form(ns, files, model.declared_options())
 
 
 def predict(registry: ModelRegistry, model_id: str):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask_restx import Model, fields, reqparse
+from werkzeug.datastructures import FileStorage
 
 
 class AnyValue(fields.Raw):
@@ -31,6 +32,20 @@ def _nullable(field_class: type) -> type:
     def schema(self) -> dict:
         return {**field_class.schema(self), "x-nullable": True}
     return type(f"Nullable{field_class.__name__}", (field_class,), {"schema": schema})
+
+
+def form(ns, files: list[tuple[str, bool, str]], options) -> "reqparse.RequestParser":
+    """A Swagger form: file fields (name, required, help) and then ``options`` (core.options.Option), each typed
+    with its default, choices and range."""
+    parser = ns.parser()
+    parser.argument_class = RangedArgument
+    for name, required, help_text in files:
+        parser.add_argument(name, location="files", type=FileStorage, required=required, help=help_text)
+    for option in options:
+        parser.add_argument(option.name, location="form", required=False, type=option.type,
+                            choices=list(option.choices) if option.choices else None, default=option.default,
+                            help=option.help, minimum=option.minimum, maximum=option.maximum)
+    return parser
 
 
 FIELD_TYPES = {"string": fields.String, "number": fields.Float, "integer": fields.Integer,
