@@ -33,7 +33,8 @@ def create_app(config: Config | None = None) -> Flask:
     for model_id, model in registry.models.items():
         model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id))
     app.extensions["mmax_registry"] = registry
-    jobs = JobRunner(JobStore(config.data_dir), registry, config.job_stale_s, config.job_attempts)
+    jobs = JobRunner(JobStore(config.data_dir, config.max_queued_jobs), registry, config.job_stale_s,
+                     config.job_attempts)
     app.extensions["mmax_jobs"] = jobs
     if config.cors:
         from flask_cors import CORS

@@ -55,6 +55,8 @@ class Config:
     max_slide_bytes: int = 8 * 1024**3
     job_stale_s: int = 60
     job_attempts: int = 2
+    # Jobs waiting in the queue at most; a submission beyond is a 503 with Retry-After.
+    max_queued_jobs: int = 20
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -82,5 +84,6 @@ class Config:
             slide_root=Path(_env("SLIDE_ROOT", "")) if _env("SLIDE_ROOT", "") else None,
             max_slide_bytes=_env_int("MAX_SLIDE_BYTES", 8 * 1024**3),
             job_stale_s=_env_int("JOB_STALE_S", 60),
+            max_queued_jobs=_env_int("MAX_QUEUED_JOBS", 20),
             job_attempts=_env_int("JOB_ATTEMPTS", 2),
         )

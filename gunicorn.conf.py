@@ -13,8 +13,11 @@ worker_class = "gthread"
 timeout = _config.timeout_s
 accesslog = "-"
 
-# Several workers: each keeps its Prometheus metrics in files here, and /metrics adds them up.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "mmax-metrics"))
+# Several workers: each keeps its Prometheus metrics in files here, and /metrics adds them up. Unless set,
+# a folder of this server's own: two servers on one host must neither add up nor wipe each other's counts.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mmax-metrics-")
 
 
 def on_starting(server):
@@ -24,6 +27,11 @@ def on_starting(server):
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(directory, ignore_errors=True)  # counts from a previous run would be added in
     os.makedirs(directory, exist_ok=True)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def child_exit(server, worker):

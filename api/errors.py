@@ -32,7 +32,8 @@ def _http_message(exc: HTTPException) -> str:
 def register_error_handlers(app: Flask, api: Api) -> None:
     @api.errorhandler(ClientError)
     def _client_error(exc: ClientError):
-        return error_body(exc.message), exc.status
+        retry = getattr(exc, "retry_after_s", None)  # e.g. a full job queue: when to come back
+        return error_body(exc.message), exc.status, ({"Retry-After": str(retry)} if retry else {})
 
     @api.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -90,6 +90,8 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
             @ns.response(404, "no such slide", schemas.error)
             @ns.response(413, "upload too large", schemas.error)
             @ns.response(415, "not a slide OpenSlide or Pillow can read", schemas.error)
+            @ns.response(503, "the queue is full (MMAX_MAX_QUEUED_JOBS): submit again after Retry-After seconds",
+                         schemas.error)
             def post(self, model_id: str):
                 return submit(registry, runner, model_id)
 
@@ -122,11 +124,14 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
             """A job's status (queued, running, done, failed), progress 0-1 and links to its results."""
             return job_json(store.get(job_id))
 
-        @ns.response(200, "deleted", schemas.job)
-        @ns.response(409, "still queued or running", schemas.error)
+        @ns.response(200, "a queued or running job: cancelled (a running one stops at its next block); a job "
+                          "that has ended: deleted", schemas.job)
         def delete(self, job_id: str):
-            """Forget a finished job and delete its files (an uploaded slide included)."""
+            """Cancel a queued or running job; or forget one that has ended (done, failed, cancelled) and delete
+            its files (an uploaded slide included)."""
             job = store.get(job_id)
+            if job["status"] in {"queued", "running"}:
+                return job_json(store.cancel(job_id))
             store.delete(job_id)
             return job_json(job)
 

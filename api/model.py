@@ -17,7 +17,7 @@ from flask_restx import Namespace, Resource
 from api import schemas
 from api.forms import form_and_files
 from api.metrics import observe_inference
-from core.errors import ClientError
+from core.errors import ClientError, ImageTooLarge
 from core.imageio import encode_png
 from core.model_base import FORMAT_HELP, MicroscopyModel
 from core.options import parse_options
@@ -44,7 +44,11 @@ def predict(registry: ModelRegistry, model_id: str):
     uploads = {name: storage.read() for name, storage in files.items()}
     model = registry.get_ready(model_id)
     with model.serving():
-        inputs = model.read_inputs(uploads, current_app.config["MMAX"].max_image_pixels)
+        limit = current_app.config["MMAX"].max_image_pixels
+        inputs = model.read_inputs(uploads, limit)
+        if "scale" in options and model.working_pixels(inputs, options) > limit:
+            raise ImageTooLarge(f"with scale={options['scale']:g} the image becomes "
+                                f"{model.working_pixels(inputs, options):,} pixels; the limit is {limit:,}")
         started = time.perf_counter()
         result = model.predict(inputs, options)
         observe_inference(model_id, time.perf_counter() - started)
@@ -57,6 +61,9 @@ def predict(registry: ModelRegistry, model_id: str):
     body = {"status": "ok", "model": model_id, "version": model.spec.version}
     if size is not None:
         body["image"] = {"width": size[0], "height": size[1]}
+        orientation = getattr(inputs, "info", {}).get("exif_orientation")
+        if orientation:  # the upload was turned upright first; boxes are in the upright frame
+            body["image"]["exif_orientation"] = orientation
     return {**body, **result}
 
 

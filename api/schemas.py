@@ -139,7 +139,7 @@ job_links = Model("JobLinks", {
 job = Model("Job", {
     "id": fields.String(description="32 hexadecimal characters"),
     "model": fields.String(example="metastasis"),
-    "status": fields.String(enum=["queued", "running", "done", "failed"]),
+    "status": fields.String(enum=["queued", "running", "done", "failed", "cancelled"]),
     "progress": fields.Float(min=0, max=1),
     "message": fields.String(description="what it is doing, or why it failed"),
     "attempts": fields.Integer(description="runs started; a job whose runner died is re-queued"),

@@ -22,6 +22,9 @@ def install(app: Flask, api_key: str | None) -> None:
     def _check_api_key():
         if request.path in OPEN_EXACT or request.path.startswith(OPEN_PATHS):
             return None
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return None  # a browser's CORS preflight never carries credentials; the real request will
+
         given = request.headers.get("X-API-Key", "")
         if not hmac.compare_digest(given.encode(), expected):  # constant time: no guessing by timing
             reason = "missing" if not given else "wrong"

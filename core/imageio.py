@@ -5,15 +5,17 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import ClientError, ImageTooLarge, UnsupportedImage
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+EXIF_ORIENTATION = 0x0112
 
 
 def decode_image(data: bytes, max_pixels: int, field: str = "image") -> Image.Image:
-    """Decode an upload into a PIL image, refusing empty, unknown, truncated or oversized files."""
+    """Decode an upload into a PIL image, refusing empty, unknown, truncated or oversized files, and turned
+    upright by its EXIF orientation (``info["exif_orientation"]`` says which one was applied)."""
     if not data:
         raise ClientError(f"the '{field}' upload is empty (0 bytes)")
     try:
@@ -26,6 +28,10 @@ def decode_image(data: bytes, max_pixels: int, field: str = "image") -> Image.Im
                 raise ImageTooLarge(f"the '{field}' image is {width}x{height} = {width * height:,} pixels; "
                                     f"the limit is {max_pixels:,}")
             image.load()
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation != 1:  # a phone photo taken upright is stored on its side: analyse it as seen
+                image = ImageOps.exif_transpose(image)
+                image.info["exif_orientation"] = orientation
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the '{field}' image is too large: {exc}") from None
     except UnidentifiedImageError:

@@ -45,6 +45,17 @@ class JobNotDone(ClientError):
     status = 409
 
 
+class QueueFull(ClientError):
+    """Too many jobs waiting: come back later (the API answers 503 with ``Retry-After``)."""
+
+    status = 503
+    retry_after_s = 60
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job, between blocks, once a client has cancelled it."""
+
+
 def check_job_id(job_id: str) -> str:
     if len(job_id) != JOB_ID_LENGTH or any(ch not in "0123456789abcdef" for ch in job_id):
         raise ClientError(f"malformed job id '{job_id[:80]}': job ids are {JOB_ID_LENGTH} hexadecimal characters")
@@ -78,8 +89,8 @@ def resolve_slide_path(root: Path | None, relative: str) -> Path:
 class JobStore:
     """The jobs table and each job's folder under ``data_dir``."""
 
-    def __init__(self, data_dir: Path):
-        self.data_dir = Path(data_dir)
+    def __init__(self, data_dir: Path, max_queued: int = 20):
+        self.data_dir, self.max_queued = Path(data_dir), max_queued
         try:
             (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
             with closing(self._connect()) as db:
@@ -105,6 +116,10 @@ class JobStore:
 
         from core.wsi.slide import open_slide
 
+        with closing(self._connect()) as db:
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+        if queued >= self.max_queued:
+            raise QueueFull(f"{queued} jobs are waiting (the limit is {self.max_queued}); submit again later")
         job_id = self.new_id()
         folder = self.folder(job_id)
         if upload is not None:
@@ -121,7 +136,7 @@ class JobStore:
             if path.stat().st_size == 0:
                 raise ClientError("the 'slide' upload is empty (0 bytes)")
             model.check_slide(open_slide(path), options)
-        except ClientError:
+        except Exception:  # refused or unreadable: nothing of it stays on disk
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return self.create(job_id, model.spec.id, path, name, options)
@@ -144,10 +159,18 @@ class JobStore:
             raise JobNotFound(f"no job '{job_id}'")
         return dict(row)
 
+    def cancel(self, job_id: str) -> dict:
+        """A queued or running job, now ``cancelled`` (a running one stops at its next block); a job that has
+        ended is answered as it is."""
+        with closing(self._connect()) as db:
+            db.execute("UPDATE jobs SET status = 'cancelled', message = 'cancelled by request', updated = ? "
+                       "WHERE id = ? AND status IN ('queued', 'running')", (time.time(), check_job_id(job_id)))
+        return self.get(job_id)
+
     def delete(self, job_id: str) -> None:
-        """Forget a finished job and remove its folder (its uploaded slide and outputs)."""
+        """Forget a job that has ended and remove its folder (its uploaded slide and outputs)."""
         if self.get(job_id)["status"] in {"queued", "running"}:
-            raise JobNotDone(f"job '{job_id}' is still {self.get(job_id)['status']}; delete it once it ends")
+            raise JobNotDone(f"job '{job_id}' is still {self.get(job_id)['status']}; cancel it first")
         with closing(self._connect()) as db:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
@@ -171,17 +194,31 @@ class JobStore:
         return self.get(row["id"])
 
     def update(self, job_id: str, **fields: Any) -> None:
+        """Change a job; without a ``status``, only while it runs (progress and heartbeats must not touch a
+        job that was cancelled meanwhile)."""
         unknown = set(fields) - UPDATABLE
         if unknown:
             raise ValueError(f"not job columns that can change: {', '.join(sorted(unknown))}")
+        only_running = "status" not in fields
         fields["updated"] = time.time()
         if fields.get("status", "running") == "running":
             fields["heartbeat"] = fields["updated"]
         names = ", ".join(f"{name} = ?" for name in fields)
+        condition = " AND status = 'running'" if only_running else ""
         with closing(self._connect()) as db:
             # B608 reviewed: column names are checked against UPDATABLE (never a client's text); values are
             # bound parameters.
-            db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))  # nosec B608
+            db.execute(f"UPDATE jobs SET {names} WHERE id = ?{condition}", (*fields.values(), job_id))  # nosec B608
+
+    def finish(self, job_id: str, status: str, message: str, progress: float | None = None) -> None:
+        """A running job's end (``done`` or ``failed``); a job cancelled meanwhile stays cancelled."""
+        extra = {"progress": progress} if progress is not None else {}
+        fields = {"status": status, "message": message, **extra, "updated": time.time()}
+        names = ", ".join(f"{name} = ?" for name in fields)
+        with closing(self._connect()) as db:
+            # B608 reviewed: fixed column names; values are bound parameters.
+            db.execute(f"UPDATE jobs SET {names} WHERE id = ? AND status = 'running'",  # nosec B608
+                       (*fields.values(), job_id))
 
     def recover(self, stale_s: float, max_attempts: int) -> int:
         """Jobs whose runner stopped beating: back to the queue, or failed once out of attempts."""
@@ -193,11 +230,13 @@ class JobStore:
             for row in stale:
                 if row["attempts"] < max_attempts:
                     db.execute("UPDATE jobs SET status = 'queued', updated = ?, message = ? WHERE id = ?",
-                               (now, f"re-queued: its runner ({row['worker']}) stopped responding", row["id"]))
+                               (now, f"re-queued: its runner stopped responding (attempt {row['attempts']})",
+                                row["id"]))
                 else:
                     db.execute("UPDATE jobs SET status = 'failed', updated = ?, message = ? WHERE id = ?",
                                (now, f"failed: its runner stopped responding on each of {row['attempts']} "
-                                     f"attempts (last: {row['worker']})", row["id"]))
+                                     f"attempts (the slide may need more memory or time than a worker has)",
+                                row["id"]))
             db.execute("COMMIT")
         for row in stale:
             log.warning("job %s: runner %s stopped responding", row["id"], row["worker"])
@@ -246,13 +285,16 @@ class JobRunner:
         beat.start()
         try:
             self._analyse(job)
-            self.store.update(job_id, status="done", progress=1.0, message="done")
+            self.store.finish(job_id, "done", "done", progress=1.0)
             log.info("job %s done", job_id)
+        except JobCancelled:
+            log.info("job %s cancelled", job_id)
         except ClientError as exc:
-            self.store.update(job_id, status="failed", message=exc.message)
+            self.store.finish(job_id, "failed", exc.message)
         except Exception as exc:  # a bug or a broken slide: the job says so, the runner goes on
             log.exception("job %s failed", job_id)
-            self.store.update(job_id, status="failed", message=f"failed: {type(exc).__name__}: {exc}")
+            self.store.finish(job_id, "failed", f"failed: an error inside the service ({type(exc).__name__}); the "
+                                                f"server log has the details")
         finally:
             beating.set()
 
@@ -263,7 +305,9 @@ class JobRunner:
         model = self.registry.get_ready(job["model"])
         slide = open_slide(Path(job["slide"]))
 
-        def progress(fraction: float, note: str) -> None:
+        def progress(fraction: float, note: str) -> None:  # called between blocks
+            if self.store.get(job["id"])["status"] == "cancelled":
+                raise JobCancelled(job["id"])
             self.store.update(job["id"], progress=round(fraction, 4), message=note)
 
         analysis = analyse_local(model, slide, json.loads(job["options"]), progress)

@@ -109,6 +109,13 @@ class MicroscopyModel(ABC):
             raise ClientError(f"missing the multipart file field 'image' (got: {got})")
         return decode_image(uploads["image"], max_pixels)
 
+    def working_pixels(self, inputs: Any, options: dict[str, Any]) -> int:
+        """Pixels of the largest image the model will hold for these inputs: the upload's, resized by the
+        ``scale`` option where the model has one (the service holds this to its pixel limit too)."""
+        width, height = inputs.size
+        factor = options.get("scale", 1.0)
+        return max(1, round(width * factor)) * max(1, round(height * factor))
+
     def predict(self, inputs: Any, options: dict[str, Any]) -> dict[str, Any]:
         batch, context = self.preprocess(inputs, options)
         return self.postprocess(self.calibrated(self.run_network(batch)), context, options)

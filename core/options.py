@@ -25,6 +25,7 @@ class Option:
 
     def parse(self, raw: str) -> Any:
         text = raw.strip()
+        raw = raw if len(raw) <= 60 else f"{raw[:60]}... ({len(raw):,} characters)"  # as messages quote it
         if self.type is bool:
             if text.lower() in _TRUE | _FALSE:
                 return text.lower() in _TRUE
@@ -56,6 +57,8 @@ def parse_options(declared: tuple[Option, ...], given: Mapping[str, str], ignore
     unknown = sorted(set(given) - set(by_name) - ignore)
     if unknown:
         accepted = ", ".join(sorted(by_name)) or "none"
-        raise BadOption(f"unknown option(s) {', '.join(unknown)}; this model accepts: {accepted}")
+        named = ", ".join(name if len(name) <= 40 else f"{name[:40]}..." for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise BadOption(f"unknown option(s) {named}{more}; this model accepts: {accepted}")
     return {name: option.parse(given[name]) if name in given else option.default
             for name, option in by_name.items()}

@@ -159,3 +159,51 @@ def test_real_aperio_slide_as_an_uploaded_job(jobs_client):
     # 2967x2220 px at 0.499 um/px are 47.6x35.6 cells of 31 um
     assert (body["grid"]["rows"], body["grid"]["cols"]) == (48, 36)
     assert 0.2 < body["grid"]["tissue_cells"] / (48 * 36) < 0.8
+
+
+def test_a_running_job_cancelled_stops_at_its_next_block_and_stays_cancelled(tmp_path, slides, monkeypatch):
+    import core.wsi.engine
+    from core.jobs import JobRunner
+
+    store = JobStore(tmp_path / "data")
+    job_id = store.new_id()
+    store.create(job_id, "metastasis", slides / "section.tif", "section.tif", {})
+    blocks_done = []
+
+    def analyse(model, slide, options, progress):
+        progress(0.25, "block 1 of 4")
+        blocks_done.append(1)
+        store.cancel(job_id)  # a client's DELETE while block 2 is being scored
+        progress(0.5, "block 2 of 4")
+        blocks_done.append(2)
+
+    class Registry:
+        def get_ready(self, model_id):
+            return object()
+
+    monkeypatch.setattr(core.wsi.engine, "analyse_local", analyse)
+    runner = JobRunner(store, Registry(), stale_s=60, max_attempts=2)
+    runner.run(store.claim("test"))
+    job = store.get(job_id)
+    assert blocks_done == [1] and job["status"] == "cancelled" and job["message"] == "cancelled by request"
+    assert not store.folder(job_id).exists()  # no half-written results
+
+
+def test_a_queued_job_cancelled_is_never_claimed_and_then_deletes(jobs_client, settings, slides):
+    store = JobStore(settings.data_dir)
+    job_id = store.new_id()
+    store.create(job_id, "metastasis", slides / "section.tif", "section.tif", {})
+    assert store.cancel(job_id)["status"] == "cancelled"
+    assert store.cancel(job_id)["status"] == "cancelled"  # cancelling twice is harmless
+    assert jobs_client.get(f"/jobs/{job_id}").get_json()["status"] == "cancelled"
+    assert jobs_client.delete(f"/jobs/{job_id}").status_code == 200  # ended: now forgotten
+    assert jobs_client.get(f"/jobs/{job_id}").status_code == 404
+
+
+def test_a_full_queue_is_a_503_with_retry_after_and_keeps_nothing(tmp_path, slides):
+    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "data", max_queued_jobs=0)
+                      ).test_client()
+    response = submit(client, slide=(io.BytesIO((slides / "section.tif").read_bytes()), "section.tif"))
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+    assert "submit again later" in response.get_json()["message"]
+    assert not any((tmp_path / "data" / "jobs").iterdir())

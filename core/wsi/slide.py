@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.errors import ClientError, UnsupportedImage
+from core.errors import ClientError, ImageTooLarge, UnsupportedImage
 
 
 def open_slide(path: Path):
@@ -14,9 +14,12 @@ def open_slide(path: Path):
     import openslide
 
     if not Path(path).is_file():
-        raise ClientError(f"slide {path} does not exist")
+        raise ClientError(f"slide {Path(path).name} does not exist")
     try:
         return openslide.open_slide(str(path))
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{Path(path).name} is a single image too large to read whole; send a tiled, "
+                            f"pyramidal slide (SVS, tiled TIFF)") from None
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
         raise UnsupportedImage(f"{Path(path).name} is not a slide OpenSlide or Pillow can read: {exc}") from None
 

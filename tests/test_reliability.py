@@ -1,0 +1,101 @@
+"""Inputs that used to be silently misread or refused: rotated photos, LZW TIFFs, resize past the pixel limit,
+browsers behind an API key, huge option values."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import TEST_CONFIG, config_with, make_app
+from tests.images import encode, hpa_field, smear
+
+
+def post(client, model="leukocyte", files=None, **form):
+    data = {name: (io.BytesIO(content), f"{name}.bin") for name, content in (files or {}).items()}
+    data.update(form)
+    return client.post(f"/model/{model}/predict", data=data, content_type="multipart/form-data")
+
+
+def test_a_photo_stored_on_its_side_is_analysed_upright(client):
+    upright = smear(size=(240, 320), leukocytes=((120, 220, 30),))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # how a camera stores it: 320 x 240
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", quality=95, exif=exif)
+    body = post(client, files={"image": buffer.getvalue()}).get_json()
+    plain = post(client, files={"image": encode(upright, "JPEG")}).get_json()
+    assert body["image"] == {"width": 240, "height": 320, "exif_orientation": 6}
+    assert len(body["predictions"]) == len(plain["predictions"]) == 1
+    x, y, w, h = body["predictions"][0]["bbox"]
+    assert x <= 120 <= x + w and y <= 220 <= y + h  # in the upright frame, where the cell is
+
+
+def test_lzw_compressed_channel_tiffs_decode(client):
+    import tifffile
+
+    field = hpa_field()
+    stack = np.stack([np.asarray(field[name]) for name in ("red", "green", "blue", "yellow")])
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, stack, photometric="minisblack", compression="lzw")
+    response = post(client, "protein", files={"image": buffer.getvalue()})
+    assert response.status_code == 200 and response.get_json()["cell_count"] == 2
+
+
+def test_a_resize_past_the_pixel_limit_is_a_413_that_says_why(client):
+    side = int((TEST_CONFIG.max_image_pixels * 0.6) ** 0.5)  # within the limit as uploaded
+    upload = encode(Image.new("RGB", (side, side), (236, 226, 232)))
+    assert post(client, files={"image": upload}).status_code == 200
+    response = post(client, files={"image": upload}, scale="2")
+    assert response.status_code == 413 and "with scale=2" in response.get_json()["message"]
+
+
+def test_a_browser_preflight_is_answered_before_the_api_key():
+    client = make_app(config_with(api_key="s3cret", cors=True)).test_client()
+    preflight = client.options("/model/leukocyte/predict", headers={
+        "Origin": "https://lims.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "X-API-Key"})
+    assert preflight.status_code == 200 and preflight.headers.get("Access-Control-Allow-Origin")
+    assert client.post("/model/leukocyte/predict", headers={"Origin": "https://lims.example"}).status_code == 401
+
+
+def test_a_huge_option_value_is_not_echoed_whole(client):
+    response = post(client, files={"image": encode(smear())}, scale="9" * 400_000)
+    message = response.get_json()["message"]
+    assert response.status_code == 400 and len(message) < 300 and "400,000 characters" in message
+
+
+def test_messages_name_files_not_where_the_server_keeps_them():
+    from core.errors import ClientError, without_host_paths
+
+    assert without_host_paths("/var/lib/mmax/jobs/ab12/slide.svs: not a TIFF") == "slide.svs: not a TIFF"
+    assert without_host_paths("slide path 'cases/sub/a.svs' leaves the slide root") == \
+        "slide path 'cases/sub/a.svs' leaves the slide root"
+    assert ClientError("cannot open /tmp/x/y.tif at 0.25 um/px").message == "cannot open y.tif at 0.25 um/px"
+
+
+def test_a_refused_slide_upload_says_why_without_host_paths(tmp_path):
+    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "data")).test_client()
+    response = client.post("/model/metastasis/jobs", data={"slide": (io.BytesIO(b"not a slide"), "x.svs")},
+                           content_type="multipart/form-data")
+    message = response.get_json()["message"]
+    assert response.status_code == 415 and "x.svs" in message and str(tmp_path) not in message
+
+
+def test_two_servers_on_one_host_keep_their_metrics_apart():
+    import os
+    import subprocess
+    import sys
+
+    from config import ROOT
+
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    code = "import os, runpy; runpy.run_path('gunicorn.conf.py'); print(os.environ['PROMETHEUS_MULTIPROC_DIR'])"
+    folders = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(2)]
+    try:
+        assert folders[0] != folders[1] and all(os.path.isdir(folder) for folder in folders)
+    finally:
+        for folder in folders:
+            os.rmdir(folder)
