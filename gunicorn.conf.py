@@ -12,6 +12,8 @@ threads = _config.threads
 worker_class = "gthread"
 timeout = _config.timeout_s
 accesslog = "-"
+# gunicorn's default line, then the request ID the response carries (api/tracing.py)
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s'
 
 # Several workers: each keeps its Prometheus metrics in files here, and /metrics adds them up. Unless set,
 # a folder of this server's own: two servers on one host must neither add up nor wipe each other's counts.

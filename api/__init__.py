@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_restx import Api
 
-from api import health, jobs, metrics, model, security
+from api import health, jobs, metrics, model, security, tracing, ui
 from api.errors import register_error_handlers
 from api.security import AUTHORIZATIONS
 from core.jobs import JobRunner
@@ -23,6 +23,8 @@ def build_api(app: Flask, registry: ModelRegistry, runner: JobRunner) -> Api:
     api.add_namespace(health.create_namespace(registry), path="/health")
     api.add_namespace(metrics.ns, path="/metrics")
     register_error_handlers(app, api)
+    tracing.install(app)
+    app.register_blueprint(ui.blueprint)
     security.install(app, app.config["MMAX"].api_key)
     metrics.install(app, set(registry.models))
     return api

@@ -1,4 +1,5 @@
-"""The fields and files of a multipart request, each given once and named."""
+"""The fields and files of a multipart request, each given once and named; and the fields every route takes
+besides a model's options (``sample_id``)."""
 from __future__ import annotations
 
 from flask import request
@@ -23,3 +24,17 @@ def single(fields: MultiDict) -> dict:
 def form_and_files(query: bool = True) -> tuple[dict[str, str], dict[str, FileStorage]]:
     """The request's form fields (and query fields when ``query``) and its files."""
     return single(request.values if query else request.form), single(request.files)
+
+
+SAMPLE_ID = "sample_id"
+SAMPLE_ID_HELP = "optional: your sample's accession number (up to 128 printable characters), returned in the answer"
+
+
+def take_sample_id(given: dict[str, str]) -> str | None:
+    """Remove and return the optional ``sample_id`` (a LIMS accession carried through to the answer)."""
+    value = given.pop(SAMPLE_ID, None)
+    if value is None:
+        return None
+    if not 0 < len(value) <= 128 or not value.isprintable():
+        raise ClientError(f"'{SAMPLE_ID}' must be 1 to 128 printable characters")
+    return value

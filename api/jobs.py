@@ -11,7 +11,7 @@ from flask import current_app, request, send_file
 from flask_restx import Namespace, Resource
 
 from api import schemas
-from api.forms import form_and_files
+from api.forms import form_and_files, take_sample_id
 from core.errors import ClientError
 from core.jobs import RESULT_FILES, JobNotDone, JobRunner
 from core.options import parse_options
@@ -31,7 +31,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
     out = {"id": job["id"], "model": job["model"], "status": job["status"], "progress": job["progress"],
            "message": job["message"], "attempts": job["attempts"], "slide": job["slide_name"],
            "created": _time(job["created"]), "updated": _time(job["updated"]),
-           "links": {"self": f"/jobs/{job['id']}"}}
+           "links": {"self": f"/jobs/{job['id']}"}, "sample_id": job["sample_id"]}
     if job["status"] == "done":
         out["links"].update({key: f"/jobs/{job['id']}/{'heatmap.png' if key == 'heatmap' else key}"
                              for key in RESULT_FILES})
@@ -55,6 +55,7 @@ def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[d
         raise ClientError(f"model '{model_id}' does not analyse whole slides; use /model/{model_id}/predict")
     request.max_content_length = config.max_slide_bytes
     form, files = form_and_files(query=False)
+    sample_id = take_sample_id(form)
     given = {key: value for key, value in form.items() if key != "slide_path"}
     declared = tuple(o for o in model.declared_options() if o.name != "format")
     options = parse_options(declared, given, ignore=set(files) | {"slide_path"})
@@ -62,7 +63,7 @@ def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[d
     if unexpected:
         raise ClientError(f"unexpected file field(s) {', '.join(unexpected)}; send the slide in 'slide'")
     job = runner.store.submit(model, options, upload=files.get("slide"),
-                              slide_path=form.get("slide_path"), slide_root=config.slide_root)
+                              slide_path=form.get("slide_path"), slide_root=config.slide_root, sample_id=sample_id)
     runner.wake()
     return job_json(job), 202, {"Location": f"/jobs/{job['id']}"}
 

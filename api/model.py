@@ -6,6 +6,7 @@ The namespace is built per app from its registry: every served model gets its ow
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -15,13 +16,15 @@ from flask import current_app, send_file
 from flask_restx import Namespace, Resource
 
 from api import schemas
-from api.forms import form_and_files
+from api.forms import form_and_files, take_sample_id
 from api.metrics import observe_inference
+from api.tracing import request_id
 from core.errors import ClientError, ImageTooLarge
 from core.imageio import encode_png
 from core.model_base import FORMAT_HELP, MicroscopyModel
 from core.options import parse_options
 from core.registry import ModelRegistry
+from core.wsi.slide_model import SlideModel
 
 
 def predict_form(ns: Namespace, model: MicroscopyModel):
@@ -35,6 +38,7 @@ def predict(registry: ModelRegistry, model_id: str):
     """One predict call, for the generic and the per-model routes alike."""
     model = registry.get(model_id)
     given, files = form_and_files()
+    sample_id = take_sample_id(given)
     options = parse_options(model.declared_options(), given, ignore=set(files))
     readable = ("image", *model.channel_fields)
     unexpected = sorted(set(files) - set(readable))
@@ -57,8 +61,16 @@ def predict(registry: ModelRegistry, model_id: str):
         return send_file(io.BytesIO(png), mimetype="image/png", download_name=f"{model_id}.png")
     if options.get("format") == "geojson":
         return current_app.response_class(json.dumps(model.to_geojson(result)), mimetype="application/geo+json")
+    if options.get("format") == "json_with_png":  # one analysis, every form of its answer (the lab page)
+        result = {**result, "overlay_png": "data:image/png;base64," + base64.b64encode(
+            encode_png(model.render(inputs, result))).decode("ascii")}
+        if "geojson" in model.formats:
+            result["geojson"] = model.to_geojson(result)
     size = getattr(inputs, "size", None)
-    body = {"status": "ok", "model": model_id, "version": model.spec.version}
+    body = {"status": "ok", "model": model_id, "version": model.spec.version,
+            "weights_sha256": model.spec.meta["weights"].get("sha256"), "request_id": request_id()}
+    if sample_id is not None:
+        body["sample_id"] = sample_id
     if size is not None:
         body["image"] = {"width": size[0], "height": size[1]}
         orientation = getattr(inputs, "info", {}).get("exif_orientation")
@@ -77,12 +89,13 @@ def add_model_routes(ns: Namespace, registry: ModelRegistry, model_id: str) -> N
     prediction, answer = schemas.answer(model)
     for schema in (prediction, answer):
         ns.add_model(schema.name, schema)
-    others = "".join(f"; with format={name}: {FORMAT_HELP[name]}" for name in model.formats[1:])
+    formats = next((option.choices for option in model.declared_options() if option.name == "format"), ("json",))
+    others = "".join(f"; with format={name}: {FORMAT_HELP[name]}" for name in formats[1:])
 
     class PredictOne(Resource):
         @ns.doc(id=f"predict_{model_id}", description=model.spec.meta.get("description", ""))
         @ns.expect(form)
-        @ns.produces(sorted({MIMETYPES[name] for name in model.formats} | {"application/json"}))
+        @ns.produces(sorted({MIMETYPES.get(name, "application/json") for name in formats} | {"application/json"}))
         @ns.response(200, f"the answer (JSON){others}", answer)
         @ns.response(400, "bad option or missing field", schemas.error)
         @ns.response(401, "API key missing or wrong", schemas.error)
@@ -106,6 +119,8 @@ def create_namespace(registry: ModelRegistry) -> Namespace:
         model = registry.get(model_id)
         meta = model.spec.public_metadata()
         meta["options"] = [option.describe() for option in model.declared_options()]
+        meta["files"] = ["image", *model.channel_fields]  # the multipart file fields /predict reads
+        meta["whole_slides"] = isinstance(model, SlideModel)  # POST /model/<id>/jobs takes slides
         meta["status"] = registry.state[model_id]
         meta["runtime"] = model.runtime
         return meta

@@ -4,6 +4,8 @@ from __future__ import annotations
 from flask_restx import Model, fields, reqparse
 from werkzeug.datastructures import FileStorage
 
+from api.forms import SAMPLE_ID, SAMPLE_ID_HELP
+
 
 class AnyValue(fields.Raw):
     """A value of any JSON type (flask-restx's Raw documents itself as an object)."""
@@ -41,6 +43,7 @@ def form(ns, files: list[tuple[str, bool, str]], options) -> "reqparse.RequestPa
     parser.argument_class = RangedArgument
     for name, required, help_text in files:
         parser.add_argument(name, location="files", type=FileStorage, required=required, help=help_text)
+    parser.add_argument(SAMPLE_ID, location="form", required=False, type=str, help=SAMPLE_ID_HELP)
     for option in options:
         parser.add_argument(option.name, location="form", required=False, type=option.type,
                             choices=list(option.choices) if option.choices else None, default=option.default,
@@ -69,9 +72,15 @@ def answer(model) -> tuple[Model, Model]:
         "status": fields.String(example="ok"),
         "model": fields.String(example=model.spec.id),
         "version": fields.String(example=model.spec.version),
-        "image": fields.Raw(description="width and height of the upload"),
+        "weights_sha256": fields.String(description="the weights that answered (model.json weights.sha256)"),
+        "request_id": fields.String(description="the X-Request-ID of the request (yours, or one made for it)"),
+        "sample_id": _nullable(fields.String)(description="the sample_id you sent, if any"),
+        "image": fields.Raw(description="width and height of the upload (and exif_orientation if it was turned)"),
         "predictions": fields.List(fields.Nested(prediction)),
         **{key: _field(value) for key, value in model.output.answer.items()},
+        "overlay_png": _nullable(fields.String)(description="format=json_with_png: the picture as a PNG data URL"),
+        "geojson": _nullable(fields.Raw)(description="format=json_with_png, models with GeoJSON: the predictions "
+                                                      "as a FeatureCollection"),
     })
 
 
@@ -103,6 +112,9 @@ metadata = Model("ModelMetadata", {
     "data": fields.Raw(description="training-data provenance"),
     "training": fields.Raw(description="how the shipped weights were trained"),
     "options": fields.List(fields.Nested(option), description="fields accepted by /predict"),
+    "output": fields.Raw(description="the fields of an answer: prediction and answer, each field's type and meaning"),
+    "files": fields.List(fields.String, description="the multipart file fields /predict reads"),
+    "whole_slides": fields.Boolean(description="whether POST /model/{id}/jobs takes whole slides"),
     "status": fields.String(description="loading, ready or failed"),
     "runtime": fields.String(description="onnx or tensorflow once loaded (setting MMAX_RUNTIME)"),
 })
@@ -147,6 +159,7 @@ job = Model("Job", {
     "created": fields.String(description="ISO 8601, UTC"),
     "updated": fields.String(description="ISO 8601, UTC"),
     "links": fields.Nested(job_links),
+    "sample_id": _nullable(fields.String)(description="the sample_id sent with the slide, if any"),
 })
 
 job_list = Model("JobList", {"jobs": fields.List(fields.Nested(job))})

@@ -8,9 +8,10 @@ from flask import Flask, request
 from api.errors import error_body
 
 AUTHORIZATIONS = {"apikey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
-# Orchestrators probe health without secrets; the Swagger UI and its document carry no data.
-OPEN_PATHS = ("/health/", "/swaggerui/")
-OPEN_EXACT = {"/", "/swagger.json"}
+# Orchestrators probe health without secrets; the Swagger UI, its document and the lab page carry no data
+# (the page asks for the key and sends it with its calls).
+OPEN_PATHS = ("/health/", "/swaggerui/", "/ui/")
+OPEN_EXACT = {"/", "/swagger.json", "/ui"}
 
 
 def install(app: Flask, api_key: str | None) -> None:

@@ -33,8 +33,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, slide TEXT NOT NULL, slide_name TEXT NOT NULL,
     options TEXT NOT NULL, status TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, message TEXT,
     attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, created REAL NOT NULL, updated REAL NOT NULL,
-    heartbeat REAL
+    heartbeat REAL, sample_id TEXT
 )"""
+#: columns added since the first release, added to an older job database when it is opened
+_ADDED_COLUMNS = {"sample_id": "TEXT"}
 
 
 class JobNotFound(ClientError):
@@ -96,6 +98,10 @@ class JobStore:
             with closing(self._connect()) as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(_SCHEMA)
+                present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+                for column, kind in _ADDED_COLUMNS.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")  # nosec B608 - fixed names
         except (OSError, sqlite3.Error) as exc:
             raise SystemExit(f"the data dir {self.data_dir} (setting MMAX_DATA_DIR) is not usable for the job "
                              f"database: {exc}") from None
@@ -109,7 +115,7 @@ class JobStore:
         return self.data_dir / "jobs" / check_job_id(job_id)
 
     def submit(self, model, options: dict[str, Any], upload: SlideUpload | None = None,
-               slide_path: str | None = None, slide_root: Path | None = None) -> dict:
+               slide_path: str | None = None, slide_root: Path | None = None, sample_id: str | None = None) -> dict:
         """Queue a slide for ``model`` (a SlideModel): an upload is kept in the job's folder, a path must lie
         under ``slide_root``; the slide is opened and checked now, so a bad one is refused, not failed later."""
         from werkzeug.utils import secure_filename
@@ -139,17 +145,18 @@ class JobStore:
         except Exception:  # refused or unreadable: nothing of it stays on disk
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return self.create(job_id, model.spec.id, path, name, options)
+        return self.create(job_id, model.spec.id, path, name, options, sample_id)
 
     def new_id(self) -> str:
         return uuid.uuid4().hex
 
-    def create(self, job_id: str, model_id: str, slide: Path, slide_name: str, options: dict[str, Any]) -> dict:
+    def create(self, job_id: str, model_id: str, slide: Path, slide_name: str, options: dict[str, Any],
+               sample_id: str | None = None) -> dict:
         now = time.time()
         with closing(self._connect()) as db:
-            db.execute("INSERT INTO jobs (id, model, slide, slide_name, options, status, message, created, updated)"
-                       " VALUES (?, ?, ?, ?, ?, 'queued', 'waiting for a runner', ?, ?)",
-                       (job_id, model_id, str(slide), slide_name, json.dumps(options), now, now))
+            db.execute("INSERT INTO jobs (id, model, slide, slide_name, options, status, message, created, updated, "
+                       "sample_id) VALUES (?, ?, ?, ?, ?, 'queued', 'waiting for a runner', ?, ?, ?)",
+                       (job_id, model_id, str(slide), slide_name, json.dumps(options), now, now, sample_id))
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict:
@@ -311,6 +318,9 @@ class JobRunner:
             self.store.update(job["id"], progress=round(fraction, 4), message=note)
 
         analysis = analyse_local(model, slide, json.loads(job["options"]), progress)
+        analysis.result.update({"job_id": job["id"], "model": job["model"], "version": model.spec.version,
+                                "weights_sha256": model.spec.meta["weights"].get("sha256"),
+                                **({"sample_id": job["sample_id"]} if job["sample_id"] else {})})
         folder = self.store.folder(job["id"])
         folder.mkdir(parents=True, exist_ok=True)
         # Written under temporary names and renamed: a reader never sees half a file.

@@ -24,7 +24,9 @@ from core.output_spec import OutputSpec
 from core.tta import dihedral_mean
 
 FORMAT_HELP = {"json": "predictions", "png": "the image with the predictions drawn",
-               "geojson": "the predictions as a GeoJSON FeatureCollection (QuPath imports it)"}
+               "geojson": "the predictions as a GeoJSON FeatureCollection (QuPath imports it)",
+               "json_with_png": "the JSON answer with the picture in it (overlay_png, a PNG data URL; and geojson "
+                                "where the model offers it): one analysis for all"}
 
 
 class MicroscopyModel(ABC):
@@ -64,8 +66,9 @@ class MicroscopyModel(ABC):
             raise AssetError(f"{self.spec.source}: 'defaults': {exc.message}") from None
         if len(self.formats) < 2:
             return options
-        help_text = "; ".join(f"{name}: {FORMAT_HELP[name]}" for name in self.formats)
-        return (Option("format", str, help_text, self.formats[0], choices=self.formats),) + options
+        formats = self.formats + ("json_with_png",) if "png" in self.formats else self.formats
+        help_text = "; ".join(f"{name}: {FORMAT_HELP[name]}" for name in formats)
+        return (Option("format", str, help_text, formats[0], choices=formats),) + options
 
     def declared_options(self) -> tuple[Option, ...]:
         """Every option a predict call accepts, with its default."""

@@ -132,7 +132,7 @@ def test_a_new_model_trains_with_the_shared_command_and_serves(tmp_path: Path, t
     assert client.post("/model/toy/predict", data={"image": (io.BytesIO(image), "a.png"), "format": "png"},
                        content_type="multipart/form-data").status_code == 400
     form = client.get("/swagger.json").get_json()["paths"]["/model/toy/predict"]["post"]["parameters"]
-    assert [(p["name"], p["type"]) for p in form] == [("image", "file"), ("gain", "number")]
+    assert [(p["name"], p["type"]) for p in form] == [("image", "file"), ("sample_id", "string"), ("gain", "number")]
 
 
 @pytest.mark.parametrize("changes, words", [

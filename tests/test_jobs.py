@@ -207,3 +207,12 @@ def test_a_full_queue_is_a_503_with_retry_after_and_keeps_nothing(tmp_path, slid
     assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
     assert "submit again later" in response.get_json()["message"]
     assert not any((tmp_path / "data" / "jobs").iterdir())
+
+
+def test_a_sample_id_goes_with_the_job_into_its_record_and_result(jobs_client, slides):
+    response = submit(jobs_client, slide_path="section.tif", sample_id="S-17/0042")
+    job = response.get_json()
+    assert response.status_code == 202 and job["sample_id"] == "S-17/0042"
+    done = wait_for(jobs_client, job["id"])
+    result = jobs_client.get(done["links"]["result"]).get_json()
+    assert result["sample_id"] == "S-17/0042" and result["job_id"] == job["id"] and len(result["weights_sha256"]) == 64

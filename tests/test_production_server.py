@@ -65,8 +65,9 @@ def test_gunicorn_serves_predictions_and_metrics_from_two_workers(tmp_path: Path
         for _ in range(4):  # spread over both workers
             response = requests.post(f"{base}/model/leukocyte/predict", files={"image": encode(smear())}, timeout=60)
             assert response.status_code == 200 and response.json()["status"] == "ok"
-        bad = requests.post(f"{base}/model/leukocyte/predict", files={"image": b"not an image"}, timeout=60)
-        assert bad.status_code == 415
+        bad = requests.post(f"{base}/model/leukocyte/predict", files={"image": b"not an image"}, timeout=60,
+                            headers={"X-Request-ID": "trace-me-0815"})
+        assert bad.status_code == 415 and bad.headers["X-Request-ID"] == "trace-me-0815"
         metrics = requests.get(f"{base}/metrics", timeout=10).text
         line = next(row for row in metrics.splitlines()
                     if row.startswith("mmax_requests_total{") and 'status="200"' in row and "predict" in row)
@@ -74,6 +75,8 @@ def test_gunicorn_serves_predictions_and_metrics_from_two_workers(tmp_path: Path
     finally:
         server.terminate()
         server.wait(timeout=30)
+    access = [row for row in (tmp_path / "server.log").read_text().splitlines() if "POST /model/leukocyte" in row]
+    assert any(row.endswith("request_id=trace-me-0815") and '" 415 ' in row for row in access), access[-3:]
 
 
 def test_killed_workers_are_replaced_and_their_jobs_are_not_lost(tmp_path: Path):

@@ -99,3 +99,19 @@ def test_two_servers_on_one_host_keep_their_metrics_apart():
     finally:
         for folder in folders:
             os.rmdir(folder)
+
+
+def test_request_ids_and_sample_ids_are_carried_through(client):
+    files = {"image": (io.BytesIO(encode(smear())), "a.png")}
+    response = client.post("/model/leukocyte/predict", data={**files, "sample_id": "LIMS-2026-00042"},
+                           headers={"X-Request-ID": "lab-7f3a"}, content_type="multipart/form-data")
+    body = response.get_json()
+    assert response.headers["X-Request-ID"] == body["request_id"] == "lab-7f3a"
+    assert body["sample_id"] == "LIMS-2026-00042" and body["model"] == "leukocyte"
+    meta = client.get("/model/leukocyte/metadata").get_json()
+    assert body["version"] == meta["version"] and len(body["weights_sha256"]) == 64
+    made = client.get("/health/live", headers={"X-Request-ID": "has spaces\tand \"quotes\" " + "x" * 200})
+    assert len(made.headers["X-Request-ID"]) == 32  # not a plain token: replaced by a fresh one
+    bad = client.post("/model/leukocyte/predict", data={"image": (io.BytesIO(encode(smear())), "a.png"),
+                                                        "sample_id": "x" * 200}, content_type="multipart/form-data")
+    assert bad.status_code == 400 and "sample_id" in bad.get_json()["message"] and bad.headers["X-Request-ID"]
