@@ -109,6 +109,8 @@ def test_in_a_real_browser_each_model_answers_with_a_picture_and_a_table(live_se
             assert rows == int(status.split()[1])  # one row per object found
             assert page.locator("#summary dt").count() >= 2
             page.screenshot(path=str(tmp_path / f"lab-{model_id}.png"), full_page=True)
+            page.set_viewport_size({"width": 820, "height": 1180})  # a tablet held upright
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         finally:
             browser.close()
     outside = [url for url in requested if not url.startswith(live_server) and not url.startswith(("data:", "blob:"))]
