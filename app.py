@@ -19,7 +19,8 @@ def create_app(config: Config | None = None) -> Flask:
     from PIL import Image
 
     from api import build_api
-    from api.metrics import observe_batch
+    from api.admission import Admission
+    from api.metrics import observe_batch, observe_queue_wait, observe_rejection
     from core.jobs import JobRunner, JobStore
     from core.registry import ModelRegistry
 
@@ -31,8 +32,10 @@ def create_app(config: Config | None = None) -> Flask:
                       RESTX_MASK_SWAGGER=False, SWAGGER_UI_DOC_EXPANSION="list")
     registry = ModelRegistry(config.assets_dir, config.models)
     for model_id, model in registry.models.items():
-        model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id))
+        model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id),
+                        partial(observe_queue_wait, model_id))
     app.extensions["mmax_registry"] = registry
+    app.extensions["mmax_admission"] = Admission(config.queue_max, observe_rejection)
     jobs = JobRunner(JobStore(config.data_dir, config.max_queued_jobs), registry, config.job_stale_s,
                      config.job_attempts)
     app.extensions["mmax_jobs"] = jobs

@@ -48,6 +48,10 @@ class Config:
     runtime: str = "auto"
     batch_max: int = 32
     batch_wait_ms: int = 2
+    # Back-pressure: requests admitted per model at once; beyond, a fast 503 with Retry-After.
+    queue_max: int = 16
+    # Time budget of one predict request, checked between chunks of its work (0: none); jobs have none.
+    request_timeout_s: float = 60
     # Whole-slide jobs: the SQLite queue and job folders live in data_dir; a job may name a slide by a
     # path relative to slide_root (none: uploads only).
     data_dir: Path = ROOT / "var"
@@ -80,6 +84,8 @@ class Config:
             runtime=runtime,
             batch_max=_env_int("BATCH_MAX", 32),
             batch_wait_ms=_env_int("BATCH_WAIT_MS", 2),
+            queue_max=_env_int("QUEUE_MAX", 16),
+            request_timeout_s=_env_int("REQUEST_TIMEOUT_S", 60),
             data_dir=Path(_env("DATA_DIR", str(ROOT / "var"))),
             slide_root=Path(_env("SLIDE_ROOT", "")) if _env("SLIDE_ROOT", "") else None,
             max_slide_bytes=_env_int("MAX_SLIDE_BYTES", 8 * 1024**3),

@@ -30,6 +30,18 @@ BATCH_IMAGES = Histogram("mmax_batch_images", "images in one forward pass (micro
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 BATCH_REQUESTS = Histogram("mmax_batch_requests", "requests sharing one forward pass (micro-batching)", ["model"],
                            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+REJECTED = Counter("mmax_rejected_total", "requests answered 503 because the model had MMAX_QUEUE_MAX in progress",
+                   ["model"])
+QUEUE_WAIT = Histogram("mmax_queue_seconds", "time a request's images waited for a shared forward pass", ["model"],
+                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+def observe_rejection(model_id: str) -> None:
+    REJECTED.labels(model=model_id).inc()
+
+
+def observe_queue_wait(model_id: str, seconds: float) -> None:
+    QUEUE_WAIT.labels(model=model_id).observe(seconds)
 
 
 def observe_inference(model_id: str, seconds: float) -> None:

@@ -19,6 +19,7 @@ from api import schemas
 from api.forms import form_and_files, take_sample_id
 from api.metrics import observe_inference
 from api.tracing import request_id
+from core import deadline
 from core.errors import ClientError, ImageTooLarge
 from core.imageio import encode_png
 from core.model_base import FORMAT_HELP, MicroscopyModel
@@ -47,8 +48,10 @@ def predict(registry: ModelRegistry, model_id: str):
                           f"reads {', '.join(map(repr, readable))}")
     uploads = {name: storage.read() for name, storage in files.items()}
     model = registry.get_ready(model_id)
-    with model.serving():
-        limit = current_app.config["MMAX"].max_image_pixels
+    config = current_app.config["MMAX"]
+    with current_app.extensions["mmax_admission"].admit(model_id), model.serving(), \
+            deadline.budget(config.request_timeout_s):
+        limit = config.max_image_pixels
         inputs = model.read_inputs(uploads, limit)
         if "scale" in options and model.working_pixels(inputs, options) > limit:
             raise ImageTooLarge(f"with scale={options['scale']:g} the image becomes "
@@ -101,7 +104,8 @@ def add_model_routes(ns: Namespace, registry: ModelRegistry, model_id: str) -> N
         @ns.response(401, "API key missing or wrong", schemas.error)
         @ns.response(413, "upload or image too large", schemas.error)
         @ns.response(415, "not a supported image, or undecodable", schemas.error)
-        @ns.response(503, "model still loading", schemas.error)
+        @ns.response(503, "model still loading, MMAX_QUEUE_MAX requests already in progress (see Retry-After), or "
+                          "the request over its MMAX_REQUEST_TIMEOUT_S", schemas.error)
         def post(self, model_id: str):
             return predict(registry, model_id)
 

@@ -22,6 +22,8 @@ Forward = Callable[[np.ndarray], np.ndarray]
 @dataclass
 class _Request:
     inputs: np.ndarray
+    queued: float = field(default_factory=time.monotonic)
+    taken: float | None = None  # when the batcher took it into a forward pass
     done: threading.Event = field(default_factory=threading.Event)
     output: np.ndarray | None = None
     error: BaseException | None = None
@@ -29,10 +31,12 @@ class _Request:
 
 class MicroBatcher:
     def __init__(self, forward: Forward, max_batch: int, max_wait_s: float, name: str = "model",
-                 on_batch: Callable[[int, int], None] | None = None):
-        """``on_batch(images, requests)`` is told the size of every forward pass (for /metrics)."""
+                 on_batch: Callable[[int, int], None] | None = None,
+                 on_wait: Callable[[float], None] | None = None):
+        """``on_batch(images, requests)`` is told the size of every forward pass, ``on_wait(seconds)`` how long
+        each call waited for its forward pass to start (for /metrics)."""
         self.forward, self.max_batch, self.max_wait_s = forward, max(1, max_batch), max(0.0, max_wait_s)
-        self.on_batch = on_batch
+        self.on_batch, self.on_wait = on_batch, on_wait
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._carried: _Request | None = None  # did not fit the last batch: first in the next
         self._callers = 0  # requests inside expecting(): more than are queued means company is coming
@@ -45,6 +49,8 @@ class MicroBatcher:
         request = _Request(inputs)
         self._queue.put(request)
         request.done.wait()
+        if self.on_wait and request.taken is not None:
+            self.on_wait(request.taken - request.queued)
         if request.error is not None:
             raise request.error
         return request.output
@@ -85,6 +91,9 @@ class MicroBatcher:
     def _loop(self) -> None:
         while True:
             taken = self._collect()
+            now = time.monotonic()
+            for request in taken:
+                request.taken = now
             try:
                 batch = np.concatenate([request.inputs for request in taken]) if len(taken) > 1 else taken[0].inputs
                 outputs = self.forward(batch)

@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Mapping
 import numpy as np
 from PIL import Image
 
+from core import deadline
 from core.assets import ModelSpec, verify_weights
 from core.drawing import draw_boxes
 from core.errors import AssetError, ClientError
@@ -75,9 +76,11 @@ class MicroscopyModel(ABC):
         return self._options
 
     def configure(self, runtime: str = "auto", max_batch: int = 32, max_wait_ms: float = 2.0,
-                  on_batch: Callable[[int, int], None] | None = None) -> None:
+                  on_batch: Callable[[int, int], None] | None = None,
+                  on_wait: Callable[[float], None] | None = None) -> None:
         """Serving settings, applied at :meth:`load`: see core.runtime and core.batching."""
-        self._serving = {"runtime": runtime, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "on_batch": on_batch}
+        self._serving = {"runtime": runtime, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "on_batch": on_batch,
+                         "on_wait": on_wait}
 
     def load(self) -> None:
         verify_weights(self.spec)
@@ -94,7 +97,7 @@ class MicroscopyModel(ABC):
         self.runtime, forward = build_forward(network, settings["runtime"])
         if settings["max_batch"] > 1:
             forward = MicroBatcher(forward, settings["max_batch"], settings["max_wait_ms"] / 1000, self.spec.id,
-                                   settings.get("on_batch"))
+                                   settings.get("on_batch"), settings.get("on_wait"))
         self.network, self._forward = network, forward
 
     def warm_up(self) -> None:
@@ -159,7 +162,11 @@ class MicroscopyModel(ABC):
             return np.zeros((0,) + tuple(self.network.output_shape[1:]), dtype=np.float32)
         step = self.batch_size * (8 if self.uses_tta else 1)  # bounds the memory of one forward pass
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return np.concatenate([self._forward(batch[start:start + step]) for start in range(0, len(batch), step)])
+        outputs = []
+        for start in range(0, len(batch), step):
+            deadline.check()
+            outputs.append(self._forward(batch[start:start + step]))
+        return np.concatenate(outputs)
 
     def render(self, inputs: Any, result: dict[str, Any]) -> Image.Image:
         """``format=png``: the uploaded image with the predictions drawn."""

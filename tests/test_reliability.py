@@ -115,3 +115,51 @@ def test_request_ids_and_sample_ids_are_carried_through(client):
     bad = client.post("/model/leukocyte/predict", data={"image": (io.BytesIO(encode(smear())), "a.png"),
                                                         "sample_id": "x" * 200}, content_type="multipart/form-data")
     assert bad.status_code == 400 and "sample_id" in bad.get_json()["message"] and bad.headers["X-Request-ID"]
+
+
+def test_a_model_at_its_admission_limit_answers_503_at_once_and_recovers(monkeypatch):
+    import threading
+    import time
+
+    app = make_app(config_with(queue_max=1))
+    client = app.test_client()
+    model = app.extensions["mmax_registry"].get_ready("leukocyte")
+    release, entered = threading.Event(), threading.Event()
+    original = model.predict
+
+    def slow_predict(inputs, options):
+        entered.set()
+        release.wait(30)
+        return original(inputs, options)
+
+    monkeypatch.setattr(model, "predict", slow_predict)
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(response=post(client, files={"image": encode(smear())})))
+    worker.start()
+    assert entered.wait(30)
+    started = time.monotonic()
+    busy = post(app.test_client(), files={"image": encode(smear())})
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1" and time.monotonic() - started < 5
+    assert "MMAX_QUEUE_MAX" in busy.get_json()["message"]
+    assert app.test_client().get("/health/live").status_code == 200
+    release.set()
+    worker.join(30)
+    assert first["response"].status_code == 200
+    assert post(client, files={"image": encode(smear())}).status_code == 200  # admitted again
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'mmax_rejected_total{model="leukocyte"}' in metrics and "mmax_queue_seconds_count" in metrics
+
+
+def test_a_request_over_its_time_budget_stops_with_a_503_and_the_next_is_served():
+    from core import deadline
+
+    with deadline.budget(None):
+        deadline.check()  # no budget: never stops
+    slow = make_app(config_with(request_timeout_s=1e-6)).test_client()  # make_app waits for the models
+    response = post(slow, files={"image": encode(smear())})
+    assert response.status_code == 503 and "MMAX_REQUEST_TIMEOUT_S" in response.get_json()["message"]
+    region = post(slow, "metastasis", files={"image": encode(Image.new("RGB", (1024, 1024), (230, 180, 210)))},
+                  tissue_only="false")
+    assert region.status_code == 503  # stopped between blocks of the region's grid
+    assert slow.get("/health/live").status_code == 200
+    assert post(make_app(config_with()).test_client(), files={"image": encode(smear())}).status_code == 200

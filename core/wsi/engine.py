@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
+from core import deadline
 from core.errors import ClientError
 from core.wsi.tissue import cell_fractions, tissue_mask
 
@@ -141,6 +142,7 @@ def analyse_blocks(model: SlideModel, slide, plan: Plan, options: dict[str, Any]
     """Every block's finding, in this process, reporting progress after each."""
     total, done, found = max(1, int(plan.tissue.sum())), 0, []
     for block in plan.blocks:
+        deadline.check()  # a synchronous region request over its time budget stops here
         found.append(model.analyse_block(read_block(slide, plan, block), plan, block, options))
         done += int(plan.tissue[block.row:block.row + block.rows, block.col:block.col + block.cols].sum())
         if progress:
