@@ -7,12 +7,13 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from core.jobs import JobStore
 from tests.conftest import SVS, config_with, make_app, needs
-from tests.images import pyramid_tiff, section
+from tests.images import encode, pyramid_tiff, section
 
 
 def wait_for(client, job_id: str, statuses=("done", "failed"), timeout: float = 180) -> dict:
@@ -216,3 +217,25 @@ def test_a_sample_id_goes_with_the_job_into_its_record_and_result(jobs_client, s
     done = wait_for(jobs_client, job["id"])
     result = jobs_client.get(done["links"]["result"]).get_json()
     assert result["sample_id"] == "S-17/0042" and result["job_id"] == job["id"] and len(result["weights_sha256"]) == 64
+
+
+def test_a_single_level_slide_too_large_to_overview_is_refused_at_submission(jobs_client, tmp_path):
+    """20,000² px declared in one tiled level (zero tiles, compressed: under a megabyte on disk)."""
+    import tifffile
+
+    side = (20_000 // 256 + 1) * 256
+    path = tmp_path / "huge.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tile = np.zeros((256, 256, 3), np.uint8)
+        tif.write(iter([tile] * ((side // 256) ** 2)), shape=(side, side, 3), dtype=np.uint8, tile=(256, 256),
+                  compression="zlib", photometric="rgb")
+    assert path.stat().st_size < 2_000_000
+    response = submit(jobs_client, slide=(io.BytesIO(path.read_bytes()), "huge.tif"), mpp="0.5")
+    assert response.status_code == 413 and "smallest level" in response.get_json()["message"]
+    assert jobs_client.get("/health/live").status_code == 200
+
+
+def test_a_job_whose_grid_a_wrong_mpp_blows_up_is_refused(jobs_client):
+    image = io.BytesIO(encode(Image.fromarray(section((2000, 2000)))))
+    response = submit(jobs_client, slide=(image, "field.png"), mpp="50")
+    assert response.status_code == 400 and "grid cells" in response.get_json()["message"]

@@ -74,7 +74,7 @@ def plan_slide(slide, spec: TileSpec, slide_mpp: float, tissue_only: bool = True
     cols, rows = max(1, math.ceil(width * scale / spec.cell_px)), max(1, math.ceil(height * scale / spec.cell_px))
     if max_cells is not None and rows * cols > max_cells:
         raise ClientError(f"the image is {rows}x{cols} = {rows * cols:,} grid cells at {spec.mpp} um/px; the limit "
-                          f"here is {max_cells:,} - send it as a whole-slide job, or check the option mpp")
+                          f"here is {max_cells:,} (check the option mpp; a larger region goes as a whole-slide job)")
     # The level to read: the coarsest one still at least as fine as the scorer (downsample, never upsample).
     fine_enough = [level for level, downsample in enumerate(slide.level_downsamples)
                    if slide_mpp * downsample <= spec.mpp * 1.01]
