@@ -239,3 +239,10 @@ def test_a_job_whose_grid_a_wrong_mpp_blows_up_is_refused(jobs_client):
     image = io.BytesIO(encode(Image.fromarray(section((2000, 2000)))))
     response = submit(jobs_client, slide=(image, "field.png"), mpp="50")
     assert response.status_code == 400 and "grid cells" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize("mpp", ["4.8e-262", "0.0001"])
+def test_an_mpp_that_makes_a_grid_cell_larger_than_the_slide_is_a_400(jobs_client, mpp):
+    image = io.BytesIO(encode(Image.fromarray(section((64, 64)))))
+    response = submit(jobs_client, model="metastasis", slide=(image, "tiny.png"), mpp=mpp)
+    assert response.status_code == 400 and "grid cell" in response.get_json()["message"]

@@ -71,6 +71,9 @@ def plan_slide(slide, spec: TileSpec, slide_mpp: float, tissue_only: bool = True
     """The grid over the slide, its tissue cells and the blocks to score; refuses grids over ``max_cells``."""
     width, height = slide.dimensions
     scale = slide_mpp / spec.mpp
+    if not spec.cell_px / scale <= 4 * max(width, height):  # also catches an mpp so small it overflows
+        raise ClientError(f"at {slide_mpp:g} um/px one grid cell ({spec.cell_px * spec.mpp:g} um) would be more than four "
+                          f"times the whole {width}x{height} image; check the option mpp")
     cols, rows = max(1, math.ceil(width * scale / spec.cell_px)), max(1, math.ceil(height * scale / spec.cell_px))
     if max_cells is not None and rows * cols > max_cells:
         raise ClientError(f"the image is {rows}x{cols} = {rows * cols:,} grid cells at {spec.mpp} um/px; the limit "
