@@ -53,9 +53,10 @@ def predict(registry: ModelRegistry, model_id: str):
             deadline.budget(config.request_timeout_s):
         limit = config.max_image_pixels
         inputs = model.read_inputs(uploads, limit)
-        if "scale" in options and model.working_pixels(inputs, options) > limit:
-            raise ImageTooLarge(f"with scale={options['scale']:g} the image becomes "
-                                f"{model.working_pixels(inputs, options):,} pixels; the limit is {limit:,}")
+        working = model.working_pixels(inputs, options)
+        if working > limit:  # only a resize option takes a decoded upload past the limit
+            raise ImageTooLarge(f"with scale={options.get('scale', 1.0):g} the image becomes {working:,} pixels; the "
+                                f"limit is {limit:,}")
         started = time.perf_counter()
         result = model.predict(inputs, options)
         observe_inference(model_id, time.perf_counter() - started)

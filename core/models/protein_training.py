@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.assets import read_spec
 from core.evaluation import bootstrap_interval, expected_calibration_error, mean_sd, micro_f1
 from core.imageio import grey_to_unit
 from core.models.protein import CHANNELS, Field
