@@ -28,6 +28,10 @@ def _env_bool(name: str, default: bool) -> bool:
     return value in {"1", "true", "yes", "on"}
 
 
+#: the service's version (the API, the inference protocol's server metadata); each model has its own
+SERVICE_VERSION = "1.0"
+
+
 @dataclass(frozen=True)
 class Config:
     host: str = "0.0.0.0"

@@ -21,7 +21,7 @@ def _http_headers(exc: HTTPException) -> dict[str, str]:
     return {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
 
 
-def _http_message(exc: HTTPException) -> str:
+def http_message(exc: HTTPException) -> str:
     if exc.code == 413:
         from flask import request
 
@@ -37,7 +37,7 @@ def register_error_handlers(app: Flask, api: Api) -> None:
 
     @api.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        return error_body(_http_message(exc)), exc.code, _http_headers(exc)
+        return error_body(http_message(exc)), exc.code, _http_headers(exc)
 
     @api.errorhandler(Exception)
     def _unexpected(exc: Exception):
@@ -47,4 +47,4 @@ def register_error_handlers(app: Flask, api: Api) -> None:
     # Outside the API's routes (unknown URL, wrong method on a static page) Flask answers; same shape.
     @app.errorhandler(HTTPException)
     def _flask_http_error(exc: HTTPException):
-        return error_body(_http_message(exc)), exc.code, _http_headers(exc)
+        return error_body(http_message(exc)), exc.code, _http_headers(exc)

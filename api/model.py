@@ -46,7 +46,25 @@ def predict(registry: ModelRegistry, model_id: str):
     if unexpected:  # a file the model would not read is the client's mistake, not silently ignored
         raise ClientError(f"unexpected file field(s) {', '.join(map(repr, unexpected))[:200]}; this model "
                           f"reads {', '.join(map(repr, readable))}")
-    uploads = {name: storage.read() for name, storage in files.items()}
+    model, inputs, result = analyse(registry, model_id, {name: storage.read() for name, storage in files.items()},
+                                    options)
+    if options.get("format") == "png":
+        png = encode_png(model.render(inputs, result))
+        return send_file(io.BytesIO(png), mimetype="image/png", download_name=f"{model_id}.png")
+    if options.get("format") == "geojson":
+        return current_app.response_class(json.dumps(model.to_geojson(result)), mimetype="application/geo+json")
+    if options.get("format") == "json_with_png":  # one analysis, every form of its answer (the lab page)
+        result = {**result, "overlay_png": "data:image/png;base64," + base64.b64encode(
+            encode_png(model.render(inputs, result))).decode("ascii")}
+        if "geojson" in model.formats:
+            result["geojson"] = model.to_geojson(result)
+    return answer_document(model, inputs, result, sample_id)
+
+
+def analyse(registry: ModelRegistry, model_id: str, uploads: dict[str, bytes], options: dict[str, Any]
+            ) -> tuple[MicroscopyModel, Any, dict[str, Any]]:
+    """(model, decoded inputs, result) of one analysis: admitted, within the request's time budget and the
+    pixel limit, on the shared batcher. Every protocol's predict call runs through here."""
     model = registry.get_ready(model_id)
     config = current_app.config["MMAX"]
     with current_app.extensions["mmax_admission"].admit(model_id), model.serving(), \
@@ -60,21 +78,17 @@ def predict(registry: ModelRegistry, model_id: str):
         started = time.perf_counter()
         result = model.predict(inputs, options)
         observe_inference(model_id, time.perf_counter() - started)
-    if options.get("format") == "png":
-        png = encode_png(model.render(inputs, result))
-        return send_file(io.BytesIO(png), mimetype="image/png", download_name=f"{model_id}.png")
-    if options.get("format") == "geojson":
-        return current_app.response_class(json.dumps(model.to_geojson(result)), mimetype="application/geo+json")
-    if options.get("format") == "json_with_png":  # one analysis, every form of its answer (the lab page)
-        result = {**result, "overlay_png": "data:image/png;base64," + base64.b64encode(
-            encode_png(model.render(inputs, result))).decode("ascii")}
-        if "geojson" in model.formats:
-            result["geojson"] = model.to_geojson(result)
-    size = getattr(inputs, "size", None)
-    body = {"status": "ok", "model": model_id, "version": model.spec.version,
+    return model, inputs, result
+
+
+def answer_document(model: MicroscopyModel, inputs: Any, result: dict[str, Any], sample_id: str | None
+                    ) -> dict[str, Any]:
+    """The JSON answer: who answered (model, version, weights, request), the upload's size, the result."""
+    body = {"status": "ok", "model": model.spec.id, "version": model.spec.version,
             "weights_sha256": model.spec.meta["weights"].get("sha256"), "request_id": request_id()}
     if sample_id is not None:
         body["sample_id"] = sample_id
+    size = getattr(inputs, "size", None)
     if size is not None:
         body["image"] = {"width": size[0], "height": size[1]}
         orientation = getattr(inputs, "info", {}).get("exif_orientation")

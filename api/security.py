@@ -10,7 +10,7 @@ from api.errors import error_body
 AUTHORIZATIONS = {"apikey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 # Orchestrators probe health without secrets; the Swagger UI, its document and the lab page carry no data
 # (the page asks for the key and sends it with its calls).
-OPEN_PATHS = ("/health/", "/swaggerui/", "/ui/")
+OPEN_PATHS = ("/health/", "/v2/health/", "/swaggerui/", "/ui/")
 OPEN_EXACT = {"/", "/swagger.json", "/ui"}
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,3 +48,15 @@ def client(app):
 
 def needs(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared data not beside the checkout)")
+
+
+@pytest.fixture(scope="module")
+def live_server(app):
+    """The test app behind a real HTTP server (for clients that need a URL: a browser, tritonclient)."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()

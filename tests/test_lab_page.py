@@ -6,7 +6,6 @@ import base64
 import io
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -73,15 +72,6 @@ def sample_files(tmp_path: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def live_server(app):
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install -y chromium` (.ci/run does) to run the "
