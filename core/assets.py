@@ -76,12 +76,14 @@ def read_spec(directory: Path) -> ModelSpec:
     return ModelSpec(id=meta["id"], directory=directory, meta=meta)
 
 
-def verify_weights(spec: ModelSpec) -> None:
-    """Stop with a message naming the file when the weights are absent or differ from model.json's sha256."""
-    path = spec.weights_path
+def verify_weights(spec: ModelSpec, weights: dict[str, Any] | None = None) -> None:
+    """Stop with a message naming the file when the weights (model.json ``weights``, or another network's
+    ``weights`` entry given here) are absent or differ from their recorded sha256."""
+    weights = weights or spec.meta["weights"]
+    path = spec.directory / weights["file"]
     if not path.is_file():
         raise AssetError(f"model '{spec.id}': weights file {path} is missing")
-    expected = spec.meta["weights"].get("sha256")
+    expected = weights.get("sha256")
     actual = sha256_of(path)
     if expected != actual:
         raise AssetError(f"model '{spec.id}': weights file {path} is corrupt or replaced "

@@ -71,6 +71,10 @@ class MicroscopyModel(ABC):
         help_text = "; ".join(f"{name}: {FORMAT_HELP[name]}" for name in formats)
         return (Option("format", str, help_text, formats[0], choices=formats),) + options
 
+    def apply_defaults(self) -> None:
+        """Read model.json's ``defaults`` again (after training chose one, e.g. a threshold)."""
+        self._options = self._with_defaults(self.spec.meta.get("defaults", {}))
+
     def declared_options(self) -> tuple[Option, ...]:
         """Every option a predict call accepts, with its default."""
         return self._options
@@ -82,8 +86,12 @@ class MicroscopyModel(ABC):
         self._serving = {"runtime": runtime, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "on_batch": on_batch,
                          "on_wait": on_wait}
 
-    def load(self) -> None:
+    def verify(self) -> None:
+        """Stop with a message naming the file when a weights file is absent or not the one model.json names."""
         verify_weights(self.spec)
+
+    def load(self) -> None:
+        self.verify()
         import keras  # imported here so that importing a model module stays cheap
 
         self.use_network(keras.saving.load_model(self.spec.weights_path, compile=False))

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from core.assets import ModelSpec, discover, read_spec, verify_weights
+from core.assets import ModelSpec, discover, read_spec
 from core.errors import AssetError, ModelNotFound, ModelNotReady
 from core.model_base import MicroscopyModel
 
@@ -39,8 +39,9 @@ class ModelRegistry:
         self.models: dict[str, MicroscopyModel] = {}
         for model_id in enabled:
             spec: ModelSpec = read_spec(assets_dir / model_id)
-            verify_weights(spec)  # fail start-up now, naming the file, not at the first request
-            self.models[model_id] = model_class(model_id)(spec)
+            model = model_class(model_id)(spec)
+            model.verify()  # fail start-up now, naming the file, not at the first request
+            self.models[model_id] = model
         self.state: dict[str, str] = {model_id: LOADING for model_id in self.models}
         self.errors: dict[str, str] = {}
         self._thread: threading.Thread | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,28 @@ def test_a_whole_slide_counts_mitoses_in_tissue_only(app, tmp_path):
     assert 0 < result["tissue_area_mm2"] < 1400 * 1200 * 0.25 ** 2 / 1e6
     assert result["hotspot"]["count"] >= 1 and len(analysis.geojson["features"]) == len(nuclei)
     assert analysis.heatmap.width > 0
+    # per 10 high-power fields of the stated area, and a hotspot of 10 HPF placed over the figures
+    assert result["mitoses_per_10_hpf"] == pytest.approx(result["mitoses_per_mm2"] * 10 * result["hpf"]["area_mm2"],
+                                                         rel=1e-3)
+    left, top, right, bottom = result["hotspot"]["box"]
+    assert 0 <= left < right <= 1400 and 0 <= top < bottom <= 1200  # level-0 pixels, within the slide
+    assert (right - left) * 0.25 / 1000 <= math.sqrt(result["hotspot"]["area_mm2"]) + 1e-6
+    inside = [left <= x < right and top <= y < bottom for x, y in nuclei]
+    assert sum(inside) == result["hotspot"]["count"]
+
+
+def test_the_slide_heatmap_marks_each_figure(app, tmp_path):
+    """The heatmap shows the figures themselves, in their subtype's colour, over the density colours."""
+    model = app.extensions["mmax_registry"].models["mitosis"]
+    slide = open_slide(slide_with_nuclei(tmp_path / "slide.tif"))
+    plain = analyse_local(model, slide, {"mpp": 0.0, "threshold": 1.01}, lambda *_: None).heatmap
+    marked = analyse_local(model, slide, {"mpp": 0.0, "threshold": 0.0}, lambda *_: None)
+    picture = np.asarray(marked.heatmap.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(model.colour(m["subtype"])) for m in marked.result["predictions"]}
+    unmarked = np.asarray(plain.convert("RGB")).reshape(-1, 3)
+    assert plain.size == marked.heatmap.size and colours
+    assert all(np.all(picture == colour, axis=1).sum() >= 4 > np.all(unmarked == colour, axis=1).sum()
+               for colour in colours)
 
 
 def test_a_slide_job_answers_points(client, tmp_path):
@@ -213,8 +236,10 @@ def test_training_windows_positives_at_figures_negatives_away_from_every_figure(
     by_group = {group for _, _, group in examples}
     assert by_group == {"TUPAC16/s1.tiff", "MIDOG21/s2.tiff"}
     labels = [names[label] for _, label, _ in examples]
-    assert labels.count("atypical") == 1 + SPEC.meta["input"]["training_sampling"]["shifted"]
-    assert labels.count("normal") == 2 * (1 + SPEC.meta["input"]["training_sampling"]["shifted"])
+    sampling = SPEC.meta["input"]["training_sampling"]
+    per_figure = 1 + sampling["shifted"] + sampling["degraded"]  # centred, shifted, at 20x sharpness
+    assert labels.count("atypical") == per_figure
+    assert labels.count("normal") == 2 * per_figure
     assert "non_mitosis" in labels
     assert all(x.shape == tuple(SPEC.meta["input"]["network_input"]) for x, _, _ in examples)
 
@@ -244,3 +269,92 @@ def test_command_line_runs_a_slide(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["count"] == len(NUCLEI) and result["engine"] == "local"
     assert json.loads((out / "regions.geojson").read_text())["features"][0]["geometry"]["type"] == "Point"
+
+
+def test_hard_negatives_come_from_the_mined_part_only(tmp_path):
+    """The region without mitoses is split by rows: every candidate of the mined (top) part trains as
+    non-mitosis, and no pixel of the reported (bottom) part is in any training window, not even at the cut."""
+    rng = np.random.default_rng(0)
+    top = [(int(x), int(y)) for x, y in zip(rng.integers(20, 380, 12), rng.integers(20, 140, 12))]
+    bottom = [(int(x), int(y)) for x, y in zip(rng.integers(20, 380, 12), rng.integers(160, 280, 12))]
+    rgb = np.asarray(he_field((400, 300), blobs=top + bottom)).copy()
+    rgb[150:] = np.where(rgb[150:] == (232, 182, 212), (40, 240, 40), (20, 120, 20))  # the reported part: green
+    (tmp_path / "mitosis").mkdir()
+    pyramid_tiff(tmp_path / "skin.tif", rgb, mpp=0.25, levels=1)
+    meta = json.loads(json.dumps(SPEC.meta))
+    meta["input"]["training_sampling"]["hard_negatives"] = {"slide": "../skin.tif", "mined_share": 0.5}
+    spec = read_spec(SPEC.directory)
+    spec.meta.update(meta)
+    recipe = MitosisTraining(MitosisModel(spec))
+    mined = list(recipe.hard_negatives(tmp_path / "mitosis"))
+    assert len(mined) >= len(top) - 2  # every nucleus of the top part is a candidate (a few may touch)
+    assert {label for _, label, _ in mined} == {SPEC.label_names.index("non_mitosis")}
+    assert recipe.training_only(np.array([group for _, _, group in mined])).all()
+    windows = np.stack([x for x, _, _ in mined]).astype(int)
+    green = (windows[..., 1] > windows[..., 0] + 60) & (windows[..., 1] > windows[..., 2] + 30)
+    assert not green.any()
+
+
+def subtype_spec_copy(**subtype):
+    """The shipped spec with its ``subtype`` section changed (a copy: the shipped one is untouched)."""
+    spec = read_spec(SPEC.directory)
+    spec.meta.update(json.loads(json.dumps(SPEC.meta)))
+    spec.meta["subtype"].update(subtype)
+    return spec
+
+
+def darkness_network(side: int):
+    """A stand-in subtype classifier: the darker a window, the more 'atypical'."""
+    import keras
+
+    inputs = keras.Input((side, side, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    darkness = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(1 / 3), use_bias=False)(1 - mean)
+    atypical = keras.layers.Activation("sigmoid")(keras.layers.Rescaling(20, offset=-4)(darkness))
+    return keras.Model(inputs, keras.layers.Concatenate()([1 - atypical, atypical]))
+
+
+def test_the_subtype_classifier_decides_each_found_mitosis(tmp_path):
+    """With a subtype classifier, each mitosis's subtype comes from the window centred on it, at the cut-off
+    model.json gives; without one, the detector's own split answers."""
+    spec = subtype_spec_copy(atypical_at=0.5)
+    model = MitosisModel(spec)
+    model.use_subtype_network(darkness_network(spec.meta["subtype"]["network_input"][0]))
+    pale, dark = he_field((256, 128), blobs=[(64, 64)], radius=6), he_field((256, 128), blobs=[(192, 64)], radius=30)
+    rgb = np.concatenate([np.asarray(pale)[:, :128], np.asarray(dark)[:, 128:]], axis=1)
+    found = [{"x": 64, "y": 64, "subtype": "atypical", "subtype_probability": 0.9},
+             {"x": 192, "y": 64, "subtype": "normal", "subtype_probability": 0.9}]
+    model.assign_subtypes(rgb, found)
+    assert [m["subtype"] for m in found] == ["normal", "atypical"]
+    windows = model.subtype_windows(rgb, np.array([(64, 64), (64, 192)]))
+    p = model.atypical_probability(windows)
+    assert found[0]["subtype_probability"] == pytest.approx(1 - p[0], abs=1e-4)
+    assert found[1]["subtype_probability"] == pytest.approx(p[1], abs=1e-4)
+    strict = MitosisModel(subtype_spec_copy(atypical_at=float(p[1]) + 0.01))  # a cut-off above the dark one's
+    strict.use_subtype_network(darkness_network(spec.meta["subtype"]["network_input"][0]))
+    strict.assign_subtypes(rgb, found)
+    assert [m["subtype"] for m in found] == ["normal", "normal"]
+
+
+def test_subtype_training_uses_the_detectors_split_and_records_its_weights(tmp_path):
+    """The subtype classifier trains on the detector's training slides only, picks its cut-off on the validation
+    slides and writes weights whose sha256 model.json records (and serving verifies)."""
+    from core.assets import sha256_of
+    from core.training.trainer import TrainSettings
+
+    write_crop_set(tmp_path)
+    spec = subtype_spec_copy(sampling={"shift_px": 4, "shifted": 1, "epochs": 1})
+    recipe = MitosisTraining(MitosisModel(spec))
+    settings = TrainSettings(model_id="mitosis", data=tmp_path, out=tmp_path / "out", assets_dir=tmp_path,
+                             batch_size=4)
+    groups = {"train": {"TUPAC16/s1.tiff"}, "val": {"MIDOG21/s2.tiff"}, "test": set()}
+    section = recipe.train_companions(settings, groups)["subtype"]
+    weights = tmp_path / "out" / section["weights"]["file"]
+    assert section["weights"]["sha256"] == sha256_of(weights) and 0.2 <= section["atypical_at"] <= 0.8
+    assert set(section["validation_balanced_accuracy_by_cut"]) >= {"0.50"}
+    x, y, slides, centred = recipe.subtype_examples(tmp_path)
+    assert len(x) == 3 * 2 and centred.sum() == 3 and sorted(y[centred].tolist()) == [0, 0, 1]
+    found = [{"x": 64, "y": 64, "subtype": "normal", "subtype_probability": 1.0}]
+    recipe.model.assign_subtypes(np.asarray(he_field((128, 128), blobs=[(64, 64)])), found)
+    atypical = found[0]["subtype_probability"] if found[0]["subtype"] == "atypical" else 1 - found[0]["subtype_probability"]
+    assert (atypical >= section["atypical_at"]) == (found[0]["subtype"] == "atypical")

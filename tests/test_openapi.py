@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 
 import pytest
 from PIL import Image
 
+from config import ROOT
 from tests.images import encode, hpa_field, section, smear, spread
 
 MODELS = ("chromosome", "leukocyte", "metastasis", "mitosis", "protein")
@@ -61,7 +63,8 @@ def test_each_model_has_its_own_form_with_exactly_its_options_typed(client, spec
 
 def test_the_mitosis_form_says_what_the_mitosis_model_uses(spec):
     threshold = next(p for p in operation(spec, "/model/mitosis/predict")["parameters"] if p["name"] == "threshold")
-    assert threshold["default"] == 0.8 and "mitosis" in threshold["description"]
+    shipped = json.loads((ROOT / "assets" / "mitosis" / "model.json").read_text())["defaults"]["threshold"]
+    assert threshold["default"] == shipped and "mitosis" in threshold["description"]
     assert "geojson" not in next(p for p in operation(spec, "/model/leukocyte/predict")["parameters"]
                                  if p["name"] == "format")["enum"]
 

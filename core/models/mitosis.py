@@ -21,6 +21,7 @@ from skimage.color import hed_from_rgb
 from skimage.feature import peak_local_max
 
 from core.drawing import draw_banner
+from core.assets import verify_weights
 from core.errors import ClientError
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
@@ -34,8 +35,21 @@ from core.wsi.slide_model import SlideAnalysis, SlideModel
 MAX_FIELD_PX = 4096 * 4096
 #: whole slides: grid cells of this many pixels at the model's resolution (64 µm at 0.25 µm/px)
 SLIDE_CELL_PX = 256
-#: the hotspot area the slide result reports (mm²), as grading counts mitoses in a hotspot
-HOTSPOT_MM2 = 2.0
+#: one high-power field: a 40x objective with field number 22 sees a circle 0.55 mm across (0.2376 mm²).
+#: Grading tables give mitoses per 10 HPF for a stated field diameter; mitoses per mm² convert to any other.
+HPF_DIAMETER_MM = 0.55
+HPF_MM2 = math.pi * (HPF_DIAMETER_MM / 2) ** 2
+#: the hotspot the slide result reports: the densest square of 10 HPF's area, where grading counts
+HOTSPOT_MM2 = 10 * HPF_MM2
+
+
+def per_10_hpf(per_mm2: float) -> float:
+    """Mitoses per 10 high-power fields of HPF_DIAMETER_MM from mitoses per mm²."""
+    return per_mm2 * 10 * HPF_MM2
+
+
+def hpf_note() -> dict[str, float]:
+    return {"field_diameter_mm": HPF_DIAMETER_MM, "area_mm2": round(HPF_MM2, 4)}
 
 
 # ---- candidates ----------------------------------------------------------------------------------------
@@ -101,6 +115,64 @@ class MitosisModel(MicroscopyModel, SlideModel):
     Input = MitosisInput
     batch_size = 64
 
+    def __init__(self, spec):
+        super().__init__(spec)
+        #: the subtype classifier's forward pass (model.json ``subtype``), once loaded; without it the
+        #: detector's own normal / atypical split answers
+        self._subtype_forward = None
+
+    @property
+    def subtype_spec(self) -> dict[str, Any] | None:
+        return self.spec.meta.get("subtype")
+
+    def verify(self) -> None:
+        super().verify()
+        if self.subtype_spec:
+            verify_weights(self.spec, self.subtype_spec["weights"])
+
+    def load(self) -> None:
+        super().load()
+        if self.subtype_spec:
+            import keras
+
+            path = self.spec.directory / self.subtype_spec["weights"]["file"]
+            self.use_subtype_network(keras.saving.load_model(path, compile=False))
+
+    def use_subtype_network(self, network) -> None:
+        """Subtype every mitosis found with ``network`` (normal, atypical) on a window centred on it."""
+        from core.runtime import build_forward
+
+        runtime = getattr(self, "_serving", {}).get("runtime", "auto")
+        self._subtype_forward = build_forward(network, runtime)[1]
+
+    def subtype_windows(self, rgb: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        """The subtype classifier's input: the window round each centre, scaled to its network's side."""
+        spec = self.subtype_spec
+        side = spec["network_input"][0]
+        windows = windows_at(rgb, centres, spec["window_px"])
+        return np.stack([np.asarray(Image.fromarray(w).resize((side, side), Image.Resampling.BILINEAR))
+                         for w in windows]) if len(windows) else np.zeros((0, side, side, 3), np.uint8)
+
+    def atypical_probability(self, windows: np.ndarray) -> np.ndarray:
+        """The subtype classifier's atypical probability, averaged over the 8 dihedral views."""
+        def forward(batch: np.ndarray) -> np.ndarray:
+            return np.concatenate([self._subtype_forward(batch[start:start + self.batch_size].astype(np.float32))
+                                   for start in range(0, len(batch), self.batch_size)])
+
+        return dihedral_mean(forward, windows)[:, 1] if len(windows) else np.zeros(0, np.float32)
+
+    def assign_subtypes(self, rgb: np.ndarray, found: list[dict[str, Any]]) -> None:
+        """With a subtype classifier: each mitosis's subtype from a window centred on it (positions in
+        ``rgb``'s pixels); its cut-off for atypical was chosen on the validation slides."""
+        if self._subtype_forward is None or not found:
+            return
+        centres = np.array([(m["y"], m["x"]) for m in found])
+        atypical = self.atypical_probability(self.subtype_windows(rgb, centres))
+        for mitosis, p in zip(found, atypical.tolist()):
+            is_atypical = p >= self.subtype_spec["atypical_at"]
+            mitosis["subtype"] = "atypical" if is_atypical else "normal"
+            mitosis["subtype_probability"] = round(p if is_atypical else 1 - p, 4)
+
     @property
     def subtypes(self) -> list[str]:
         """Every label but the first (non-mitosis): the kinds of mitosis."""
@@ -149,12 +221,17 @@ class MitosisModel(MicroscopyModel, SlideModel):
         return to_rgb8(image), scale
 
     def detect(self, rgb: np.ndarray, threshold: float,
-               centres_of: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict[str, Any]]:
+               centres_of: Callable[[np.ndarray], np.ndarray] | None = None, subtype: bool = True
+               ) -> list[dict[str, Any]]:
         """Mitoses in an RGB field at the model's resolution: candidates (or ``centres_of(rgb)``), the
-        classifier, duplicates merged. Positions in the field's pixels, most probable first."""
+        classifier, duplicates merged, then (``subtype``) the subtype classifier on each. Positions in the
+        field's pixels, most probable first."""
         centres = propose(rgb, self.input.proposals) if centres_of is None else centres_of(rgb)
         probabilities = self.run_network(self.network_windows(rgb, centres))
-        return self.mitoses(centres, probabilities, threshold)
+        found = self.mitoses(centres, probabilities, threshold)
+        if subtype:
+            self.assign_subtypes(rgb, found)
+        return found
 
     def mitoses(self, centres: np.ndarray, probabilities: np.ndarray, threshold: float) -> list[dict[str, Any]]:
         mitosis = probabilities[:, 1:].sum(axis=1)
@@ -183,11 +260,12 @@ class MitosisModel(MicroscopyModel, SlideModel):
         mpp = options["mpp"] or self.input.mpp
         rgb, scale = self.at_model_scale(inputs, mpp)
         centres = propose(rgb, self.input.proposals)
-        return self.network_windows(rgb, centres), (centres, scale, inputs.size, mpp)
+        return self.network_windows(rgb, centres), (rgb, centres, scale, inputs.size, mpp)
 
     def postprocess(self, probabilities: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
-        centres, scale, (width, height), mpp = context
+        rgb, centres, scale, (width, height), mpp = context
         found = self.mitoses(centres, probabilities, options["threshold"])
+        self.assign_subtypes(rgb, found)
         for mitosis in found:  # back to upload pixels
             mitosis["x"], mitosis["y"] = round(mitosis["x"] / scale), round(mitosis["y"] / scale)
         area_mm2 = width * height * mpp * mpp / 1e6
@@ -196,6 +274,8 @@ class MitosisModel(MicroscopyModel, SlideModel):
             "count": len(found),
             "counts": self.subtype_counts(found),
             "mitoses_per_mm2": round(len(found) / area_mm2, 2),
+            "mitoses_per_10_hpf": round(per_10_hpf(len(found) / area_mm2), 2),
+            "hpf": hpf_note(),
             "field": {"width": width, "height": height, "mpp": mpp, "area_mm2": round(area_mm2, 5)},
             "candidates": len(centres),
         }
@@ -252,25 +332,41 @@ class MitosisModel(MicroscopyModel, SlideModel):
 
     def slide_analysis(self, slide, plan: engine.Plan, found: list[tuple[np.ndarray, list[dict[str, Any]]]],
                        options: dict[str, Any]) -> SlideAnalysis:
-        """Every mitosis, the count per mm² of tissue, the densest 2-mm² hotspot and a density heatmap."""
+        """Every mitosis, the count per mm² of tissue and per 10 HPF, the densest hotspot of 10 HPF's area
+        (count and place) and a density heatmap with the figures marked."""
         counts = np.nan_to_num(engine.assemble(plan, [block_counts for block_counts, _ in found]))
         mitoses = sorted((m for _, block_mitoses in found for m in block_mitoses), key=lambda m: -m["probability"])
         cell_mm2 = (SLIDE_CELL_PX * self.input.mpp / 1000) ** 2
         side = max(1, round(math.sqrt(HOTSPOT_MM2 / cell_mm2)))  # cells per hotspot side
         in_hotspot = ndi.uniform_filter(counts, side, mode="constant") * side * side
+        row, col = np.unravel_index(int(np.argmax(in_hotspot)), in_hotspot.shape)
         tissue_mm2 = float(plan.tissue.sum()) * cell_mm2
+        per_mm2 = len(mitoses) / tissue_mm2 if tissue_mm2 else None
+        # The square of ``side`` cells round the densest cell (uniform_filter's window), in level-0 pixels,
+        # within the slide; none where no mitosis was found.
+        first_row, first_col = row - side // 2, col - side // 2
+        width, height = slide.dimensions
+        box = (max(0.0, first_col * plan.cell_level0), max(0.0, first_row * plan.cell_level0),
+               min(float(width), (first_col + side) * plan.cell_level0),
+               min(float(height), (first_row + side) * plan.cell_level0)) if mitoses else None
         result = {
             **outputs.slide_facts(slide, plan),
             "predictions": mitoses, "count": len(mitoses), "counts": self.subtype_counts(mitoses),
             "tissue_area_mm2": round(tissue_mm2, 3),
-            "mitoses_per_mm2": round(len(mitoses) / tissue_mm2, 3) if tissue_mm2 else None,
-            "hotspot": {"area_mm2": round(side * side * cell_mm2, 3), "count": round(float(in_hotspot.max()))},
+            "mitoses_per_mm2": round(per_mm2, 3) if per_mm2 is not None else None,
+            "mitoses_per_10_hpf": round(per_10_hpf(per_mm2), 2) if per_mm2 is not None else None,
+            "hpf": hpf_note(),
+            "hotspot": {"area_mm2": round(side * side * cell_mm2, 3), "count": round(float(in_hotspot.max())),
+                        "box": [round(v) for v in box] if box else None},
         }
         density = np.where(plan.tissue, in_hotspot / max(1.0, float(in_hotspot.max())), np.nan)
         area, hotspot = result["hotspot"]["area_mm2"], result["hotspot"]["count"]
-        title = f"{len(mitoses)} mitoses, {result['mitoses_per_mm2'] or 0:g} per mm² of tissue; hotspot {hotspot}"
-        heatmap = outputs.slide_heatmap(slide, plan, density, title, f"mitoses per {area:g} mm² around each point",
-                                        str(max(1, hotspot)))
+        title = (f"{len(mitoses)} mitoses, {result['mitoses_per_mm2'] or 0:g} per mm² of tissue; hotspot "
+                 f"{hotspot} in {area:g} mm² (outlined)")
+        heatmap = outputs.slide_heatmap(slide, plan, density, title, f"mitoses in {area:g} mm² round each point",
+                                        str(max(1, hotspot)),
+                                        [(m["x"], m["y"], self.colour(m["subtype"])) for m in mitoses],
+                                        box)
         return SlideAnalysis(result, heatmap, self.to_geojson(result))
 
 

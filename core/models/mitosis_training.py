@@ -2,9 +2,12 @@
 
 Each 128-px crop is centred on an annotated figure; ``amibr.csv`` lists every figure of its slide, so all
 figures inside a crop are known and everything else is non-mitotic tissue. Positives are the centre figure
-(centred and shifted), negatives candidate nuclei and random points away from every figure. The reporting
-threshold is chosen on the validation slides; the evaluation runs the serving detector on the held-out
-slides' crops and on mosaics of them.
+(centred and shifted), negatives candidate nuclei and random points away from every figure. Hard negatives
+come from a region of tissue without tumour (model.json ``training_sampling.hard_negatives``): every candidate
+nucleus of its top part trains as non-mitosis; its bottom part is only ever reported (mitoses found there are
+false). Each crop also trains at half resolution (scanned at 20x, as that region was), so blur tells nothing.
+The reporting threshold is chosen on the validation slides; the evaluation runs the serving detector on the
+held-out slides' crops, on mosaics of them and on the reported part of the hard-negative region.
 """
 from __future__ import annotations
 
@@ -17,11 +20,13 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from core.evaluation import balanced_accuracy, f1_counts, match_points
+from core.evaluation import balanced_accuracy, bootstrap_interval, f1_counts, match_points
 from core.imageio import to_rgb8
 from core.models.mitosis import propose
 from core.training.recipe import TrainingRecipe
 
+#: the group of the mined hard negatives: training only (their region's other part is reported)
+HARD_NEGATIVE_GROUP = "hard-negatives"
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 Crop = tuple[Path, "Figure", list[tuple[float, float, bool]]]
 
@@ -60,6 +65,52 @@ def crops(data_dir: Path) -> Iterator[Crop]:
             if figure is not None:
                 with Image.open(path) as image:
                     yield path, figure, crop_truth(figure, by_slide, image.width)
+
+
+def split_region(width: int, height: int, mined_share: float) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(mined box, reported box) of a region as (left, top, right, bottom): the top ``mined_share`` of its rows
+    trains, the rest is reported; no row is in both."""
+    cut = round(height * mined_share)
+    return (0, 0, width, cut), (0, cut, width, height)
+
+
+def hard_negative_region(data_dir: Path, settings: dict[str, Any]):
+    """The region without mitoses (an OpenSlide object) and its µm/px, or None where its file is absent."""
+    from core.wsi.slide import open_slide, slide_mpp
+
+    path = data_dir / settings["slide"]
+    if not path.is_file():
+        return None
+    slide = open_slide(path)
+    return slide, slide_mpp(slide, None)
+
+
+def region_pixels(slide, box: tuple[int, int, int, int]) -> Image.Image:
+    left, top, right, bottom = box
+    return slide.read_region((left, top), 0, (right - left, bottom - top)).convert("RGB")
+
+
+def degrade(rgb: np.ndarray, factor: int = 2) -> np.ndarray:
+    """The image as a scanner with ``factor`` times coarser pixels would give it, at the same size."""
+    image = Image.fromarray(rgb)
+    small = image.resize((max(1, image.width // factor), max(1, image.height // factor)), Image.Resampling.BOX)
+    return np.asarray(small.resize(image.size, Image.Resampling.BILINEAR))
+
+
+def slide_intervals(per_group: dict[str, dict[str, int]], subtype_pairs: dict[str, list[tuple[bool, bool]]]
+                    ) -> dict[str, Any]:
+    """95 % intervals over the held-out slides (resampled whole, 2,000 times): detection F1 on the crops and
+    the subtype balanced accuracy of the figures found."""
+    def f1_of(slides: list[str]) -> float:
+        return f1_counts(*(sum(per_group[s][k] for s in slides) for k in ("tp", "fp", "fn")))["f1"]
+
+    def subtype_of(slides: list[str]) -> float:
+        pairs = [p for s in slides for p in subtype_pairs.get(s, [])]
+        return balanced_accuracy(pairs, ("normal", "atypical"))["balanced_accuracy"] or 0.0
+
+    slides = sorted(per_group)
+    return {"resampled": "whole held-out slides, 2,000 times (95 % percentile interval)", "slides": len(slides),
+            "f1_on_crops": bootstrap_interval(slides, f1_of), "subtype_of_detected": bootstrap_interval(slides, subtype_of)}
 
 
 def mosaic(tiles: list[Crop], images: dict[Path, np.ndarray], side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +154,98 @@ class MitosisTraining(TrainingRecipe):
             if negatives:
                 for x in model.network_windows(rgb, np.array(negatives)):
                     yield x, names.index("non_mitosis"), figure.slide
+            for _ in range(settings["degraded"]):  # the centre figure and one negative, at 20x sharpness
+                blurred = degrade(rgb)
+                yield model.network_windows(blurred, middle[None])[0], label, figure.slide
+                if negatives:
+                    yield model.network_windows(blurred, np.array(negatives[:1]))[0], names.index("non_mitosis"), \
+                        figure.slide
+        yield from self.hard_negatives(data_dir)
+
+    def hard_negatives(self, data_dir: Path) -> Iterator[tuple[np.ndarray, int, str]]:
+        """Every candidate nucleus of the mined part of the region without mitoses, as non-mitosis. Windows are
+        cut from the mined part alone (mirrored at its edge), so no pixel of the reported part trains."""
+        settings = self.model.input.training_sampling["hard_negatives"]
+        region = hard_negative_region(data_dir, settings)
+        if region is None:
+            print(f"[data] no hard-negative region at {settings['slide']}: trained without it", flush=True)
+            return
+        slide, mpp = region
+        mined, _ = split_region(*slide.dimensions, settings["mined_share"])
+        rgb, _ = self.model.at_model_scale(region_pixels(slide, mined), mpp)
+        centres = propose(rgb, self.model.input.proposals)
+        label = self.model.spec.label_names.index("non_mitosis")
+        for start in range(0, len(centres), 256):
+            for x in self.model.network_windows(rgb, centres[start:start + 256]):
+                yield x, label, HARD_NEGATIVE_GROUP
+
+    def training_only(self, groups: np.ndarray) -> np.ndarray:
+        return groups == HARD_NEGATIVE_GROUP
+
+    def subtype_examples(self, data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The subtype classifier's windows: every crop's figure centred and shifted (a detection is seldom on
+        the figure's centre), its label (atypical: 1), slide, and whether it is the centred one."""
+        model, sampling = self.model, self.model.subtype_spec["sampling"]
+        windows, labels, slides, centred = [], [], [], []
+        for path, figure, _ in crops(data_dir):
+            rng = np.random.default_rng(zlib.crc32(path.stem.encode()))
+            with Image.open(path) as image:
+                rgb = to_rgb8(image)
+            middle = np.array(rgb.shape[:2]) // 2
+            shift = sampling["shift_px"]
+            centres = [middle] + [middle + rng.integers(-shift, shift + 1, 2) for _ in range(sampling["shifted"])]
+            windows.append(model.subtype_windows(rgb, np.array(centres)))
+            labels += [int(figure.atypical)] * len(centres)
+            slides += [figure.slide] * len(centres)
+            centred += [True] + [False] * sampling["shifted"]
+        return np.concatenate(windows), np.array(labels), np.array(slides), np.array(centred)
+
+    def train_companions(self, settings, groups: dict[str, set[str]]) -> dict[str, Any]:
+        """The subtype classifier (model.json ``subtype``), on the detector's split of slides: fitted on its
+        training slides, stopped early and given its atypical cut-off (best balanced accuracy, 8 views) on
+        its validation slides; :meth:`evaluate` measures it on the test slides."""
+        import keras
+
+        from core.training.backbones import build_classifier
+        from core.training.data import dataset
+        from core.training.trainer import save_network
+
+        spec = self.model.subtype_spec
+        if not spec:
+            return {}
+        x, y, slides, centred = self.subtype_examples(settings.data)
+        part = {name: np.isin(slides, sorted(members)) for name, members in groups.items()}
+        train, val = np.flatnonzero(part["train"]), np.flatnonzero(part["val"] & centred)
+        print(f"[subtype] {len(train)} training windows ({int(y[train].sum())} atypical), {len(val)} validation "
+              f"figures", flush=True)
+        weight = len(train) / (2 * np.bincount(y[train], minlength=2))
+        network = build_classifier(settings.backbone, settings.weights, x.shape[1:], 2, settings.mode)
+        network.compile(optimizer=keras.optimizers.Adam(3e-4), loss="sparse_categorical_crossentropy",
+                        metrics=["accuracy"])
+        network.fit(dataset(x[train], y[train], weight[y[train]].astype(np.float32), settings.batch_size, True,
+                            settings.seed, self.rotation_fill),
+                    validation_data=dataset(x[val], y[val], weight[y[val]].astype(np.float32), settings.batch_size,
+                                            False, settings.seed),
+                    epochs=spec["sampling"]["epochs"], verbose=2,
+                    callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=4,
+                                                             restore_best_weights=True),
+                               keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2)])
+        self.model.use_subtype_network(network)
+
+        def pairs(index: np.ndarray, cut: float) -> list[tuple[bool, bool]]:
+            return list(zip(y[index].astype(bool).tolist(), (atypical[index] >= cut).tolist()))
+
+        atypical = np.zeros(len(y), np.float32)
+        atypical[val] = self.model.atypical_probability(x[val])
+        by_cut = {f"{cut:.2f}": balanced_accuracy(pairs(val, cut), ("normal", "atypical"))["balanced_accuracy"]
+                  for cut in np.arange(0.2, 0.81, 0.05)}
+        cut = float(max(by_cut, key=lambda c: (by_cut[c], -abs(float(c) - 0.5))))
+        spec.update(atypical_at=cut, weights=save_network(network, settings.out, spec["weights"]["file"]),
+                    atypical_at_chosen_by="balanced accuracy on the validation slides' figures, 8 views",
+                    validation_balanced_accuracy_by_cut=by_cut)
+        print(f"[subtype] atypical at {cut}: balanced accuracy {by_cut[f'{cut:.2f}']} on the validation slides' "
+              f"figures (test figures: see the detection report)", flush=True)
+        return {"subtype": spec}
 
     def calibrate(self, data_dir: Path, groups: set[str]) -> dict[str, dict[str, Any]]:
         """The reporting threshold with the best F1 on mosaics of the validation slides' crops."""
@@ -123,7 +266,7 @@ class MitosisTraining(TrainingRecipe):
         images = {path: to_rgb8(Image.open(path)) for path, _, _ in held_out}
         threshold = next(option.default for option in model.declared_options() if option.name == "threshold")
         per_crop = {"tp": 0, "fp": 0, "fn": 0}
-        subtype_pairs: list[tuple[bool, bool]] = []
+        subtype_pairs: dict[str, list[tuple[bool, bool]]] = defaultdict(list)  # per slide
         per_group: dict[str, dict[str, int]] = defaultdict(lambda: {"true": 0, "tp": 0, "fp": 0, "fn": 0})
         for path, figure, truth in held_out:
             found = model.detect(images[path], threshold)
@@ -134,14 +277,22 @@ class MitosisTraining(TrainingRecipe):
                 per_crop[key] += value
                 per_group[figure.slide][key] += value
             per_group[figure.slide]["true"] += len(truth)
-            subtype_pairs += [(truth[t][2], found[f]["subtype"] == "atypical") for f, t in pairs]
+            subtype_pairs[figure.slide] += [(truth[t][2], found[f]["subtype"] == "atypical") for f, t in pairs]
         mosaics = self.on_mosaics(held_out, images, threshold)
-        centres = np.concatenate([model.network_windows(images[path], np.array([np.array(images[path].shape[:2]) // 2]))
-                                  for path, _, _ in held_out])
-        centre = model.run_network(centres)
+        middles = {path: np.array([np.array(images[path].shape[:2]) // 2]) for path, _, _ in held_out}
+        centre = model.run_network(np.concatenate([model.network_windows(images[path], middles[path])
+                                                   for path, _, _ in held_out]))
         names = model.spec.label_names
-        centre_atypical = centre[:, names.index("atypical")] >= centre[:, names.index("normal")]
+        by_detector = centre[:, names.index("atypical")] >= centre[:, names.index("normal")]
         truth_atypical = [figure.atypical for _, figure, _ in held_out]
+        at_annotation = {"by_detector": balanced_accuracy(list(zip(truth_atypical, by_detector.tolist())),
+                                                          ("normal", "atypical"))}
+        if model.subtype_spec:
+            atypical = model.atypical_probability(np.concatenate([model.subtype_windows(images[path], middles[path])
+                                                                  for path, _, _ in held_out]))
+            at_annotation["by_subtype_classifier"] = balanced_accuracy(
+                list(zip(truth_atypical, (atypical >= model.subtype_spec["atypical_at"]).tolist())),
+                ("normal", "atypical"))
         return {
             "rule": f"a detection within {match_px:g} px (about {match_px * model.input.mpp:g} um) of a true "
                     f"mitosis, one-to-one; threshold {threshold}",
@@ -149,11 +300,34 @@ class MitosisTraining(TrainingRecipe):
             **mosaics["pooled"],
             "on_crops": f1_counts(**per_crop),
             "on_mosaics": mosaics,
-            "subtype_of_detected": balanced_accuracy(subtype_pairs, ("normal", "atypical")),
-            "subtype_at_annotation": balanced_accuracy(list(zip(truth_atypical, centre_atypical.tolist())),
-                                                       ("normal", "atypical")),
+            "subtype_of_detected": balanced_accuracy([p for pairs in subtype_pairs.values() for p in pairs],
+                                                     ("normal", "atypical")),
+            "intervals": slide_intervals(per_group, subtype_pairs),
+            "subtype_at_annotation": at_annotation,
             "per_group": dict(per_group),
+            "tissue_without_mitoses": self.on_reported_region(data_dir, threshold),
         }
+
+    def on_reported_region(self, data_dir: Path, threshold: float) -> dict[str, Any] | None:
+        """Mitoses the detector reports on the part of the hard-negative region that never trains: all false."""
+        settings = self.model.input.training_sampling["hard_negatives"]
+        region = hard_negative_region(data_dir, settings)
+        if region is None:
+            return None
+        slide, mpp = region
+        _, reported = split_region(*slide.dimensions, settings["mined_share"])
+        rgb, _ = self.model.at_model_scale(region_pixels(slide, reported), mpp)
+        centres = propose(rgb, self.model.input.proposals)
+        probabilities = self.model.run_network(self.model.network_windows(rgb, centres))
+        mitosis = probabilities[:, 1:].sum(axis=1)
+        width, height = reported[2] - reported[0], reported[3] - reported[1]
+        return {"region": f"{Path(settings['slide']).name}, rows {reported[1]}-{reported[3]} of {slide.dimensions[1]} "
+                          f"(never trained); every mitosis reported there is false",
+                "area_mm2": round(width * height * mpp * mpp / 1e6, 3), "candidates": len(centres),
+                "reported": len(self.model.mitoses(centres, probabilities, threshold)),
+                "reported_by_threshold": {str(t): len(self.model.mitoses(centres, probabilities, t))
+                                          for t in THRESHOLDS},
+                "candidates_at_or_above_threshold": int((mitosis >= threshold).sum())}
 
     def on_mosaics(self, chosen: list[Crop], images: dict[Path, np.ndarray], threshold: float, side: int = 4
                    ) -> dict[str, Any]:

@@ -66,18 +66,24 @@ def grouped_split(y: np.ndarray, groups: np.ndarray, folds: int, fold: int, seed
 
 
 def three_way_split(arrays: Arrays, folds: int, fold: int, val_fraction: float, seed: int,
-                    fixed_test: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                    fixed_test: np.ndarray | None = None, training_only: np.ndarray | None = None
+                    ) -> dict[str, np.ndarray]:
     """train / val (early stopping) / test (reported only): disjoint in groups. The test split is one of
-    ``folds`` grouped folds, or ``fixed_test`` (a boolean mask) when the data set fixes it."""
+    ``folds`` grouped folds, or ``fixed_test`` (a boolean mask) when the data set fixes it. Examples marked
+    ``training_only`` are added to train after the split, so they never decide early stopping or a figure."""
+    extra = np.zeros(len(arrays.y), bool) if training_only is None else np.asarray(training_only, bool)
+    kept = np.flatnonzero(~extra)  # the examples split, as indices into arrays
+    y, groups = arrays.y[kept], arrays.groups[kept]
     if fixed_test is not None:
-        rest, test = np.flatnonzero(~fixed_test), np.flatnonzero(fixed_test)
+        rest, test = np.flatnonzero(~fixed_test[kept]), np.flatnonzero(fixed_test[kept])
     else:
-        rest, test = grouped_split(arrays.y, arrays.groups, folds, fold, seed)
-    rest_y, rest_groups = arrays.y[rest], arrays.groups[rest]
+        rest, test = grouped_split(y, groups, folds, fold, seed)
+    rest_y, rest_groups = y[rest], groups[rest]
     fewest_groups = min(len(set(rest_groups[rest_y == label])) for label in set(rest_y))
     n_val_folds = max(2, min(round(1 / val_fraction), fewest_groups))
     train, val = grouped_split(rest_y, rest_groups, n_val_folds, 0, seed + 1)
-    split = {"train": rest[train], "val": rest[val], "test": test}
+    split = {"train": np.concatenate([kept[rest[train]], np.flatnonzero(extra)]), "val": kept[rest[val]],
+             "test": kept[test]}
     if set(arrays.groups[split["train"]]) & set(arrays.groups[split["test"]]):
         raise RuntimeError("a group is in both the training and the test split")
     return split

@@ -59,6 +59,18 @@ class TrainingRecipe:
         slides), or None to hold out one of the grouped folds."""
         return None
 
+    def train_companions(self, settings, groups: dict[str, set[str]]) -> dict[str, Any]:
+        """Train the networks a model serves beside its main one (e.g. the mitosis subtype classifier) on the
+        main network's split (``groups``: train / val / test groups), write their weights into
+        ``settings.out``, serve them from ``self.model`` and return their model.json sections. Runs after the
+        main network is fitted and before the evaluation, which sees the whole model."""
+        return {}
+
+    def training_only(self, groups: np.ndarray) -> np.ndarray | None:
+        """Examples that only ever train (boolean mask over examples), e.g. hard negatives mined from a slide
+        whose other part is reported: never in the early-stopping or test split. None: every example is split."""
+        return None
+
     def calibrate(self, data_dir: Path, groups: set[str]) -> dict[str, dict[str, Any]] | None:
         """Settings chosen on the validation groups (never the test groups), with the trained network loaded:
         model.json sections to update, e.g. ``{"defaults": {"threshold": 0.8}}``. None: nothing to choose."""

@@ -35,7 +35,8 @@ class SingleLabel:
         fixed_test = self.recipe.predefined_test(arrays.groups)
         self.predefined = fixed_test is not None
         s = self.settings
-        return three_way_split(arrays, s.folds, s.fold, s.val_fraction, s.seed, fixed_test)
+        return three_way_split(arrays, s.folds, s.fold, s.val_fraction, s.seed, fixed_test,
+                               self.recipe.training_only(arrays.groups))
 
     def split_note(self, meta: dict[str, Any]) -> str:
         held_out = "the data set's own held-out split" if self.predefined else \
@@ -60,9 +61,7 @@ class SingleLabel:
             print(f"[calibrate] on the validation groups: {json.dumps(chosen)}", flush=True)
             for section, values in chosen.items():
                 model.spec.meta.setdefault(section, {}).update(values)
-            model = type(model)(model.spec)  # serves with what was chosen (e.g. an option's default)
-            model.use_network(network)
-            self.recipe.model = model
+            model.apply_defaults()  # serves with what was chosen (e.g. an option's default)
         test = arrays.subset(split["test"])
         names = model.spec.label_names
 

@@ -118,10 +118,13 @@ def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel]:
     print(f"[weights] saved to {unevaluated}; evaluating on the held-out split", flush=True)
 
     model.use_network(network)
+    companions = recipe.train_companions(settings, {name: set(arrays.groups[index].tolist())
+                                                    for name, index in split.items()})
     updates, metrics = task.evaluate(network, arrays, targets, split, model)
     meta = json.loads(json.dumps(spec.meta))  # a copy
     for section, values in updates.items():
         meta.setdefault(section, {}).update(values)
+    meta.update(companions)
     meta["metrics"] = {"split": task.split_note(meta), **metrics}
     meta["training"] = _training_record(settings, history, minutes)
     meta = write_assets(settings.out, meta, network)
@@ -144,13 +147,17 @@ def _training_record(settings: TrainSettings, history: dict[str, list[float]], m
     }
 
 
+def save_network(network, out: Path, file: str) -> dict[str, Any]:
+    """The network saved as ``out/file``; its model.json ``weights`` entry (file, sha256, bytes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / file
+    network.save(path)
+    return {"file": file, "sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
 def write_assets(out: Path, meta: dict[str, Any], network) -> dict[str, Any]:
     """The network's weights and model.json (with the weights' sha256 and size) into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    weights_path = out / meta["weights"]["file"]
-    network.save(weights_path)
-    meta["weights"]["sha256"] = sha256_of(weights_path)
-    meta["weights"]["bytes"] = weights_path.stat().st_size
+    meta["weights"] = save_network(network, out, meta["weights"]["file"])
     write_meta(out, meta)
     return meta
 

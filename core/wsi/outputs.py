@@ -23,10 +23,12 @@ def colourise(probabilities: np.ndarray) -> np.ndarray:
 
 
 def heatmap_overlay(background: Image.Image, grid: np.ndarray, grid_extent: tuple[float, float],
-                    title: str, quantity: str, high: str = "1") -> Image.Image:
+                    title: str, quantity: str, high: str = "1",
+                    decorate: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """``grid`` (NaN = not scored; values 0..1) over ``background``; ``grid_extent`` is the grid's (width,
     height) in the background's pixels (it may reach past its edge). Above it: the title, and the colour key
-    of ``quantity`` from 0 to ``high`` (what a value of 1 stands for)."""
+    of ``quantity`` from 0 to ``high`` (what a value of 1 stands for). ``decorate`` draws on the blended
+    picture (in the background's pixels) before the key is added."""
     base = background.convert("RGB")
     cells = Image.fromarray(colourise(grid))
     scored = Image.fromarray((np.isfinite(grid) * 255 * 0.55).astype(np.uint8))
@@ -34,6 +36,8 @@ def heatmap_overlay(background: Image.Image, grid: np.ndarray, grid_extent: tupl
     cells = cells.resize(size, Image.Resampling.NEAREST).crop((0, 0) + base.size)
     alpha = scored.resize(size, Image.Resampling.NEAREST).crop((0, 0) + base.size)
     blended = Image.composite(cells, base, alpha)
+    if decorate is not None:
+        decorate(blended)
     return _with_key(blended, title, quantity, high)
 
 
@@ -88,13 +92,25 @@ def regions(grid: np.ndarray, threshold: float, cell_px: float, mpp: float | Non
     return sorted(found, key=lambda r: -r["area_px"])
 
 
-def slide_heatmap(slide, plan: Plan, grid: np.ndarray, title: str, quantity: str, high: str = "1") -> Image.Image:
+def slide_heatmap(slide, plan: Plan, grid: np.ndarray, title: str, quantity: str, high: str = "1",
+                  points: list[tuple[float, float, tuple[int, int, int]]] = (),
+                  box: tuple[float, float, float, float] | None = None) -> Image.Image:
     """``grid`` (one value per cell of ``plan``, NaN = not scored) over the slide's thumbnail, with its key
-    (see :func:`heatmap_overlay`)."""
+    (see :func:`heatmap_overlay`); ``points`` (x, y, colour) are marked and ``box`` (left, top, right, bottom)
+    outlined, both in level-0 pixels."""
     thumbnail = slide.get_thumbnail((THUMBNAIL_PX, THUMBNAIL_PX)).convert("RGB")
     shrink = thumbnail.width / slide.dimensions[0]
     extent = (plan.cols * plan.cell_level0 * shrink, plan.rows * plan.cell_level0 * shrink)
-    return heatmap_overlay(thumbnail, grid, extent, title, quantity, high)
+
+    def mark(picture: Image.Image) -> None:
+        draw, radius = ImageDraw.Draw(picture), max(3, round(max(picture.size) / 250))
+        for x, y, colour in points:
+            cx, cy = x * shrink, y * shrink
+            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=(0, 0, 0), fill=colour)
+        if box is not None:
+            draw.rectangle([v * shrink for v in box], outline=(0, 0, 0), width=max(2, radius // 2))
+
+    return heatmap_overlay(thumbnail, grid, extent, title, quantity, high, mark if points or box else None)
 
 
 def slide_facts(slide, plan: Plan) -> dict[str, Any]:
