@@ -7,10 +7,11 @@ WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
 .PHONY: run dev test bench loadtest train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
 
-$(BIN)/activate: requirements.txt
+$(BIN)/activate: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .  # the mmax command
 	touch $(BIN)/activate
 
 run: $(BIN)/activate  ## serve on port 5000 with gunicorn (production settings)

@@ -1,0 +1,1 @@
+"""The command-line client of the service (``mmax``); see :mod:`mmax.cli`."""
