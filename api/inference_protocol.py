@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import struct
 from typing import Any
 
@@ -111,7 +112,7 @@ def input_elements(document: dict[str, Any], binary: bytes) -> dict[str, list[by
                                   f"base64-encoded)") from None
         shape = tensor.get("shape")
         if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape) or \
-                _product(shape) != len(elements):
+                math.prod(shape) != len(elements):
             raise ClientError(f"input '{name}': shape {str(shape)[:40]} does not hold its {len(elements)} element(s)")
         tensors[name] = elements
     return tensors
@@ -119,13 +120,6 @@ def input_elements(document: dict[str, Any], binary: bytes) -> dict[str, list[by
 
 def _flat(data: list) -> list:
     return [leaf for item in data for leaf in (_flat(item) if isinstance(item, list) else [item])]
-
-
-def _product(shape: list[int]) -> int:
-    total = 1
-    for n in shape:
-        total *= n
-    return total
 
 
 def _option_text(value: Any) -> str:
@@ -172,7 +166,7 @@ def create_blueprint(registry: ModelRegistry) -> Blueprint:
     @v2.get("/models/<name>/versions/<version>")
     def model_metadata(name: str, version: str | None = None):
         model = model_of(name, version)
-        files = ["image", *model.channel_fields] if not model.channel_fields else list(model.channel_fields)
+        files = list(model.channel_fields) or ["image"]  # one input per file a client sends
         return _json({
             "name": name, "versions": [model.spec.version], "platform": f"microscopy-max ({model.runtime or 'loading'})",
             "inputs": [{"name": field, "datatype": "BYTES", "shape": [-1]} for field in files],

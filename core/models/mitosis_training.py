@@ -214,8 +214,8 @@ class MitosisTraining(TrainingRecipe):
         if not spec:
             return {}
         x, y, slides, centred = self.subtype_examples(settings.data)
-        part = {name: np.isin(slides, sorted(members)) for name, members in groups.items()}
-        train, val = np.flatnonzero(part["train"]), np.flatnonzero(part["val"] & centred)
+        train = np.flatnonzero(np.isin(slides, sorted(groups["train"])))
+        val = np.flatnonzero(np.isin(slides, sorted(groups["val"])) & centred)
         print(f"[subtype] {len(train)} training windows ({int(y[train].sum())} atypical), {len(val)} validation "
               f"figures", flush=True)
         weight = len(train) / (2 * np.bincount(y[train], minlength=2))
