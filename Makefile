@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test bench loadtest train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
+.PHONY: run dev test bench domain-statistics loadtest train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
 
 $(BIN)/activate: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,10 @@ dev: $(BIN)/activate  ## Flask's development server
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json)
+bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); the domain check's table and cost (bench/domain_check.md)
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.protein_field --data $(DATA)/protein/hpa2018
+	$(BIN)/python -m bench.domain_check --data $(DATA) --per-source 100
 
 loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
 	$(BIN)/python -m bench.loadtest
@@ -50,6 +51,13 @@ mitosis-bench: $(BIN)/activate  ## 2,000x2,000 fields: detector vs dense sliding
 
 chromosome-study: $(BIN)/activate  ## the crop-classifier comparison table (bench/chromosome_study.md)
 	$(BIN)/python -m bench.chromosome_study --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS)
+
+domain-statistics: $(BIN)/activate  ## recompute every network model's domain-check statistics for the shipped weights (the training commands write them too)
+	$(BIN)/python -m core.training.domain leukocyte --data $(DATA)/leukocyte/train
+	$(BIN)/python -m core.training.domain chromosome --data $(DATA)/chromosome/metaphases
+	$(BIN)/python -m core.training.domain metastasis --data $(DATA)/metastasis/pcam
+	$(BIN)/python -m core.training.domain mitosis --data $(DATA)/mitosis
+	$(BIN)/python -m core.training.domain protein --data $(DATA)/protein
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

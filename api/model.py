@@ -76,7 +76,7 @@ def analyse(registry: ModelRegistry, model_id: str, uploads: dict[str, bytes], o
             raise ImageTooLarge(f"with scale={options.get('scale', 1.0):g} the image becomes {working:,} pixels; the "
                                 f"limit is {limit:,}")
         started = time.perf_counter()
-        result = model.predict(inputs, options)
+        result = model.answer(inputs, options)
         observe_inference(model_id, time.perf_counter() - started)
     return model, inputs, result
 

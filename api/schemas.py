@@ -63,6 +63,18 @@ def _field(declared) -> fields.Raw:
     return NULLABLE[declared.type](description=declared.description)
 
 
+domain = Model("Domain", {
+    "typical": _nullable(fields.Boolean)(description="false: the upload is unlike the model's training data (see "
+                                                      "warning); null: not checked (nothing reached the network)"),
+    "distance_percentile": fields.Float(description="where the upload's distance to the training data lies among "
+                                                    "validation inputs' (0-100)"),
+    "threshold_percentile": fields.Float(description="flagged beyond this percentile of validation inputs"),
+    "rows_checked": fields.Integer(description="network inputs (objects, views, tiles) the check looked at"),
+    "warning": _nullable(fields.String)(description="in words, when typical is false"),
+    "note": _nullable(fields.String)(description="why it was not checked, when typical is null"),
+})
+
+
 def answer(model) -> tuple[Model, Model]:
     """The response schema of one model's predict call, from its model.json ``output``: (its prediction, the
     answer); both need registering."""
@@ -78,6 +90,8 @@ def answer(model) -> tuple[Model, Model]:
         "image": fields.Raw(description="width and height of the upload (and exif_orientation if it was turned)"),
         "predictions": fields.List(fields.Nested(prediction)),
         **{key: _field(value) for key, value in model.output.answer.items()},
+        "domain": _nullable(fields.Nested)(domain, description="how typical the upload is of the data the model "
+                                                               "learned from (models with a domain check)"),
         "overlay_png": _nullable(fields.String)(description="format=json_with_png: the picture as a PNG data URL"),
         "geojson": _nullable(fields.Raw)(description="format=json_with_png, models with GeoJSON: the predictions "
                                                       "as a FeatureCollection"),
@@ -164,5 +178,5 @@ job = Model("Job", {
 
 job_list = Model("JobList", {"jobs": fields.List(fields.Nested(job))})
 
-ALL = (error, label, labels, option, metadata, metadata_list, prediction, prediction_response, health,
+ALL = (error, label, labels, option, metadata, metadata_list, prediction, prediction_response, health, domain,
        job_links, job)

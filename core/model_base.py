@@ -13,7 +13,7 @@ from typing import Any, Callable, ContextManager, Mapping
 import numpy as np
 from PIL import Image
 
-from core import deadline
+from core import deadline, domain
 from core.assets import ModelSpec, verify_weights
 from core.drawing import draw_boxes
 from core.errors import AssetError, ClientError
@@ -50,6 +50,9 @@ class MicroscopyModel(ABC):
         self.network = None
         self.runtime: str | None = None  # "onnx" or "tensorflow" once loaded
         self._forward = None
+        self._classes = 0  # the forward pass's first columns are probabilities, the rest the embedding
+        #: the domain check's statistics (model.json ``domain``), once loaded; None: answers are not checked
+        self.domain: domain.DomainStatistics | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def _with_defaults(self, defaults: dict[str, Any]) -> tuple[Option, ...]:
@@ -81,28 +84,40 @@ class MicroscopyModel(ABC):
 
     def configure(self, runtime: str = "auto", max_batch: int = 32, max_wait_ms: float = 2.0,
                   on_batch: Callable[[int, int], None] | None = None,
-                  on_wait: Callable[[float], None] | None = None) -> None:
-        """Serving settings, applied at :meth:`load`: see core.runtime and core.batching."""
+                  on_wait: Callable[[float], None] | None = None, domain_check: bool = True) -> None:
+        """Serving settings, applied at :meth:`load`: see core.runtime and core.batching; ``domain_check``
+        False serves without the domain check (core.domain), e.g. to measure what it costs."""
         self._serving = {"runtime": runtime, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "on_batch": on_batch,
-                         "on_wait": on_wait}
+                         "on_wait": on_wait, "domain_check": domain_check}
 
     def verify(self) -> None:
-        """Stop with a message naming the file when a weights file is absent or not the one model.json names."""
+        """Stop with a message naming the file when a weights or statistics file is absent or not the one
+        model.json names."""
         verify_weights(self.spec)
+        if "domain" in self.spec.meta:
+            verify_weights(self.spec, self.spec.meta["domain"])
 
     def load(self) -> None:
         self.verify()
         import keras  # imported here so that importing a model module stays cheap
 
+        from core.runtime import single_threaded_blas
+
+        single_threaded_blas()
+        if "domain" in self.spec.meta and getattr(self, "_serving", {}).get("domain_check", True):
+            self.domain = domain.DomainStatistics.load(self.spec.directory / self.spec.meta["domain"]["file"])
         self.use_network(keras.saving.load_model(self.spec.weights_path, compile=False))
 
     def use_network(self, network) -> None:
-        """Serve ``network``: build its fast forward pass and, if configured, its micro-batcher."""
+        """Serve ``network``: build its fast forward pass (probabilities and, for the domain check, the pooled
+        embedding in one output) and, if configured, its micro-batcher."""
         from core.batching import MicroBatcher
         from core.runtime import build_forward
 
         settings = getattr(self, "_serving", {"runtime": "auto", "max_batch": 1})
-        self.runtime, forward = build_forward(network, settings["runtime"])
+        self._classes = int(network.output_shape[-1])
+        served = domain.network_with_embedding(network) if settings.get("domain_check", True) else network
+        self.runtime, forward = build_forward(served, settings["runtime"])
         if settings["max_batch"] > 1:
             forward = MicroBatcher(forward, settings["max_batch"], settings["max_wait_ms"] / 1000, self.spec.id,
                                    settings.get("on_batch"), settings.get("on_wait"))
@@ -129,6 +144,30 @@ class MicroscopyModel(ABC):
         width, height = inputs.size
         factor = options.get("scale", 1.0)
         return max(1, round(width * factor)) * max(1, round(height * factor))
+
+    def answer(self, inputs: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`predict`'s result with ``domain``: how typical the upload is of the training data (see
+        core.domain); what the service answers."""
+        with domain.recording() as seen:
+            result = self.predict(inputs, options)
+            if self.domain is not None and seen.rows is None:
+                window = self.domain_window(inputs)
+                if window is not None:  # nothing was analysed: the image's centre is checked instead
+                    self._run_batches(window)
+        if self.domain is not None:
+            result["domain"] = domain.verdict(self.domain, seen.rows, self.spec.id)
+        return result
+
+    def domain_window(self, inputs: Any) -> np.ndarray | None:
+        """The network input the domain check looks at when nothing in the upload reached the network: the
+        centre of the image, ``input.window_px`` across (the network's side if none), at the network's size."""
+        if not isinstance(inputs, Image.Image) or self.network is None:
+            return None
+        height, width = self.network.input_shape[1:3]
+        side = getattr(self.input, "window_px", None) or height
+        left, top = (inputs.width - side) // 2, (inputs.height - side) // 2
+        window = Image.fromarray(to_rgb8(inputs)).crop((left, top, left + side, top + side))  # black outside
+        return np.asarray(window.resize((width, height), Image.Resampling.BILINEAR), np.float32)[None]
 
     def predict(self, inputs: Any, options: dict[str, Any]) -> dict[str, Any]:
         batch, context = self.preprocess(inputs, options)
@@ -174,7 +213,10 @@ class MicroscopyModel(ABC):
         for start in range(0, len(batch), step):
             deadline.check()
             outputs.append(self._forward(batch[start:start + step]))
-        return np.concatenate(outputs)
+        output = np.concatenate(outputs)
+        if output.shape[-1] > self._classes:
+            domain.record(output[:, self._classes:])
+        return output[:, :self._classes]
 
     def render(self, inputs: Any, result: dict[str, Any]) -> Image.Image:
         """``format=png``: the uploaded image with the predictions drawn."""

@@ -20,6 +20,15 @@ RUNTIMES = ("auto", "onnx", "tensorflow")
 TOLERANCE = 1e-4
 
 
+def single_threaded_blas() -> None:
+    """One OpenBLAS thread in this process, for good: the cores belong to ONNX Runtime's threads and to
+    concurrent requests. Beside ORT's spinning threads, a multi-threaded product as small as the domain check's
+    (200×128 by 128×128) took 3 ms instead of 0.05 ms and made the mitosis answer 1.5 times as slow."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def tensorflow_forward(network) -> tuple[Forward, object]:
     """The network as a traced function (one trace for any batch size); also returns the tf.function."""
     import tensorflow as tf

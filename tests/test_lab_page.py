@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
 from tests.conftest import config_with, make_app
@@ -98,6 +99,12 @@ def test_in_a_real_browser_each_model_answers_with_a_picture_and_a_table(live_se
             rows = page.locator("#objects tbody tr").count()
             assert rows == int(status.split()[1])  # one row per object found
             assert page.locator("#summary dt").count() >= 2
+            # the model's warning is shown exactly when the same upload's answer carries one
+            sent = {name: (path.name, path.read_bytes()) for name, path in files.items()}
+            domain = requests.post(f"{live_server}/model/{model_id}/predict", files=sent, timeout=60).json()["domain"]
+            assert page.is_visible("#domain-warning") == ("warning" in domain)
+            if "warning" in domain:
+                assert page.text_content("#domain-warning") == domain["warning"]
             page.screenshot(path=str(tmp_path / f"lab-{model_id}.png"), full_page=True)
             page.set_viewport_size({"width": 820, "height": 1180})  # a tablet held upright
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

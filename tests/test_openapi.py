@@ -112,7 +112,9 @@ def test_answers_are_what_model_json_declares(client, app, model_id, files):
                        content_type="multipart/form-data").get_json()
     meta = client.get(f"/model/{model_id}/metadata").get_json()
     declared = OutputSpec.from_json(meta["output"], app.config["MMAX"].assets_dir / model_id / "model.json")
-    envelope = ("status", "model", "version", "weights_sha256", "request_id", "image")
+    # the service's part of every answer (the domain check is documented once, as the schema Domain)
+    envelope = ("status", "model", "version", "weights_sha256", "request_id", "image", "domain")
+    assert set(body["domain"]) <= set(client.get("/swagger.json").get_json()["definitions"]["Domain"]["properties"])
     answer = {key: value for key, value in body.items() if key not in envelope}
     assert declared.mismatches(answer) == []
     assert set(declared.answer) >= set(answer) - {"predictions"}

@@ -98,8 +98,15 @@ function columnsOf(model) {
   return Object.keys(model.output.prediction).filter((name) => name !== "mask");
 }
 
+function showDomainWarning(id, domain) {
+  // the model's own warning when the upload is unlike its training data (answer.domain, see /metadata)
+  $(id).textContent = domain && domain.warning ? domain.warning : "";
+  $(id).hidden = !(domain && domain.warning);
+}
+
 function render(model, answer) {
   lastAnswer = answer;
+  showDomainWarning("domain-warning", answer.domain);
   $("answer").hidden = false;
   $("overlay").src = answer.overlay_png;
   $("caption").textContent = `${model.name} ${answer.version}` + (answer.sample_id ? ` · sample ${answer.sample_id}` : "");
@@ -180,6 +187,7 @@ async function followJob(job) {
     $("job-heatmap").src = URL.createObjectURL(heatmap);
     $("job-heatmap").hidden = false;
     const result = await call(`../jobs/${job.id}/result`);
+    showDomainWarning("job-domain-warning", result.domain);
     const summary = $("job-summary");
     summary.replaceChildren();
     for (const [name, value] of Object.entries(result)) {

@@ -49,6 +49,9 @@ class ChromosomeTraining(TrainingRecipe):
                 label = 0 if inside[rows, cols].mean() >= 0.5 else 1
                 yield self.model.crop(rgb, found, obj), label, f"spread {image_path.stem}"
 
+    def uploads(self, data_dir: Path) -> list[tuple[dict[str, Path], str]]:
+        return [({"image": image}, f"spread {image.stem}") for image, _ in spreads(data_dir)]
+
     def evaluate(self, data_dir: Path, groups: set[str]) -> dict[str, Any]:
         """Per held-out spread: chromosome hits (box centre inside a true box, one-to-one), count error, and the
         segmentation's own limits: true chromosomes left merged with another (their centres in one object),

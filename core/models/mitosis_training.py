@@ -179,6 +179,9 @@ class MitosisTraining(TrainingRecipe):
             for x in self.model.network_windows(rgb, centres[start:start + 256]):
                 yield x, label, HARD_NEGATIVE_GROUP
 
+    def uploads(self, data_dir: Path) -> list[tuple[dict[str, Path], str]]:
+        return [({"image": path}, figure.slide) for path, figure, _ in crops(data_dir)]
+
     def training_only(self, groups: np.ndarray) -> np.ndarray:
         return groups == HARD_NEGATIVE_GROUP
 

@@ -28,6 +28,7 @@ from core.evaluation import bootstrap_interval, expected_calibration_error, mean
 from core.imageio import grey_to_unit
 from core.models.protein import CHANNELS, Field
 from core.multilabel import field_scores
+from core.training import domain
 from core.training.linear import LinearClassifier, fit_one_vs_rest
 from core.training.multilabel import LEARNT_OVER_CHANCE, MIN_FIELDS, constant_answer, field_report, fit_thresholds
 from core.training.recipe import TrainingRecipe
@@ -151,9 +152,47 @@ class ProteinTraining(TrainingRecipe):
             "cells": int(sum(len(c) for c in fields.cells)),
             "minutes": round((time.perf_counter() - started) / 60, 1),
         }
-        meta = write_assets(settings.out, meta, classifier.to_keras())
+        network = classifier.to_keras()
+        self.model.use_network(network)
+        statistics, section = self.domain_from_fields(fields, settings.seed)
+        meta["domain"] = domain.write(settings.out, statistics, section)
+        meta = write_assets(settings.out, meta, network)
         print(f"[assets] wrote {settings.out}", flush=True)
         return meta
+
+    def domain_statistics(self, data_dir: Path, cache_dir: Path, settings: dict[str, Any]):
+        return self.domain_from_fields(self.fields(data_dir), settings.get("seed", 0))
+
+    @staticmethod
+    def domain_split(count: int, seed: int) -> list[np.ndarray]:
+        """Fields (by index) for the domain check: 60 % fit it, 20 % set its threshold, 20 % test it."""
+        order = np.random.default_rng(seed).permutation(count)
+        return np.split(order, [round(0.6 * count), round(0.8 * count)])
+
+    def held_out_groups(self, data_dir: Path, cache_dir: Path, settings: dict[str, Any]) -> set[str]:
+        """The domain check's test fields (the classifier itself learns from every field)."""
+        fields = self.fields(data_dir)
+        return {fields.ids[i] for i in self.domain_split(len(fields.ids), settings.get("seed", 0))[2]}
+
+    def uploads(self, data_dir: Path) -> list[tuple[dict[str, Path], str]]:
+        found = []
+        for source in self.sources(data_dir):
+            table = source / ("train.csv" if (source / "train.csv").is_file() else "labels.csv")
+            images = source / ("train" if (source / "train").is_dir() else "images")
+            with open(table, newline="") as handle:
+                found += [({name: images / f"{row['Id']}_{name}.png" for name in CHANNELS}, f"{source.name}/{row['Id']}")
+                          for row in csv.DictReader(handle)]
+        return found
+
+    def domain_from_fields(self, fields: Fields, seed: int):
+        """The domain check on cell measures (this model's embedding is its input): fields split 60/20/20
+        at random, every cell of the first part fitting, each field of the others one input."""
+        train, val, test = self.domain_split(len(fields.ids), seed)
+        describe = {"fitted_on": f"the cells of {len(train)} fields; threshold from {len(val)} other fields; test: "
+                                 f"{len(test)} further fields (fields drawn at random, semi-synthetic ones included)"}
+        return domain.compute(self.model, fields.subset_cells(train)[0].astype(np.float32),
+                              [fields.cells[i].astype(np.float32) for i in val],
+                              [fields.cells[i].astype(np.float32) for i in test], describe, seed)
 
     def nested_report(self, fields: Fields, weak: np.ndarray, folds: int, seed: int, names: list[str]
                       ) -> dict[str, Any]:

@@ -76,6 +76,34 @@ class TrainingRecipe:
         model.json sections to update, e.g. ``{"defaults": {"threshold": 0.8}}``. None: nothing to choose."""
         return None
 
+    def recorded_split(self, data_dir: Path, cache_dir: Path, settings: dict[str, Any]):
+        """(arrays, split) as the training run recorded in ``settings`` (model.json ``training.settings``) made
+        them: the same examples, the same train / val / test groups."""
+        from core.training.data import load_arrays, three_way_split
+
+        arrays = load_arrays(self, data_dir, cache_dir)
+        split = three_way_split(arrays, settings.get("folds", 5), settings.get("fold", 0),
+                                settings.get("val_fraction", 0.2), settings.get("seed", 0),
+                                self.predefined_test(arrays.groups), self.training_only(arrays.groups))
+        return arrays, split
+
+    def domain_statistics(self, data_dir: Path, cache_dir: Path, settings: dict[str, Any]):
+        """The domain check's statistics for the loaded network and their model.json section
+        (core.training.domain), from the recorded split."""
+        from core.training.domain import from_split
+
+        arrays, split = self.recorded_split(data_dir, cache_dir, settings)
+        return from_split(self.model, arrays.x, arrays.groups, split, settings.get("seed", 0))
+
+    def held_out_groups(self, data_dir: Path, cache_dir: Path, settings: dict[str, Any]) -> set[str]:
+        """The groups of the recorded test split: never trained on, never used to choose anything."""
+        arrays, split = self.recorded_split(data_dir, cache_dir, settings)
+        return set(arrays.groups[split["test"]].tolist())
+
+    def uploads(self, data_dir: Path) -> list[tuple[dict[str, Path], str]]:
+        """Every file of the data set as a user would upload it (file field → path), with its group."""
+        return [({"image": example.path}, example.group) for example in self.files(data_dir)]
+
     def evaluate(self, data_dir: Path, groups: set[str]) -> dict[str, Any] | None:
         """Object-level figures on the held-out groups through the serving code, with the network loaded."""
         return None

@@ -17,6 +17,7 @@ import numpy as np
 
 from core.assets import MODEL_JSON, read_spec, sha256_of, write_meta
 from core.registry import model_class
+from core.training import domain
 from core.training.data import Arrays, dataset, load_arrays
 from core.training.recipe import recipe_for
 from core.training.tasks import SingleLabel
@@ -125,6 +126,8 @@ def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel]:
     for section, values in updates.items():
         meta.setdefault(section, {}).update(values)
     meta.update(companions)
+    statistics, section = domain.from_split(model, arrays.x, arrays.groups, split, settings.seed)
+    meta["domain"] = domain.write(settings.out, statistics, section)
     meta["metrics"] = {"split": task.split_note(meta), **metrics}
     meta["training"] = _training_record(settings, history, minutes)
     meta = write_assets(settings.out, meta, network)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
-from core import deadline
+from core import deadline, domain
 from core.errors import ClientError
 from core.wsi.tissue import cell_fractions, tissue_mask
 
@@ -140,21 +140,46 @@ def assemble(plan: Plan, block_grids: list[np.ndarray]) -> np.ndarray:
     return grid
 
 
+def analyse_block(model: SlideModel, slide, plan: Plan, block: Block, options: dict[str, Any]
+                  ) -> tuple[Any, float | None]:
+    """One block's finding, and its domain statistic (None: no check, or nothing reached the network)."""
+    with domain.recording() as seen:
+        finding = model.analyse_block(read_block(slide, plan, block), plan, block, options)
+    rows = seen.rows
+    return finding, (model.domain.statistic(rows) if model.domain is not None and rows is not None else None)
+
+
 def analyse_blocks(model: SlideModel, slide, plan: Plan, options: dict[str, Any],
-                   progress: Progress | None = None) -> list[Any]:
-    """Every block's finding, in this process, reporting progress after each."""
+                   progress: Progress | None = None, statistics: list[float | None] | None = None) -> list[Any]:
+    """Every block's finding, in this process, reporting progress after each (and appending each block's
+    domain statistic to ``statistics`` when given)."""
     total, done, found = max(1, int(plan.tissue.sum())), 0, []
     for block in plan.blocks:
         deadline.check()  # a synchronous region request over its time budget stops here
-        found.append(model.analyse_block(read_block(slide, plan, block), plan, block, options))
+        finding, statistic = analyse_block(model, slide, plan, block, options)
+        found.append(finding)
+        if statistics is not None:
+            statistics.append(statistic)
         done += int(plan.tissue[block.row:block.row + block.rows, block.col:block.col + block.cols].sum())
         if progress:
             progress(done / total, f"analysed {done:,} of {total:,} tissue tiles")
     return found
 
 
+def checked_analysis(model: SlideModel, slide, plan: Plan, found: list[Any], statistics: list[float | None],
+                     options: dict[str, Any]) -> SlideAnalysis:
+    """The model's slide analysis with the slide's ``domain`` verdict (models with a domain check)."""
+    analysis = model.slide_analysis(slide, plan, found, options)
+    if model.domain is not None:
+        tissue = [int(plan.tissue[b.row:b.row + b.rows, b.col:b.col + b.cols].sum()) for b in plan.blocks]
+        analysis.result["domain"] = domain.slide_verdict(model.domain, statistics, tissue, model.spec.id)
+    return analysis
+
+
 def analyse_local(model: SlideModel, slide, options: dict[str, Any],
                   progress: Progress | None = None) -> SlideAnalysis:
     """A whole slide through ``model`` in this process (the Spark engine: core.wsi.spark)."""
     plan = model.plan(slide, options)
-    return model.slide_analysis(slide, plan, analyse_blocks(model, slide, plan, options, progress), options)
+    statistics: list[float | None] = []
+    found = analyse_blocks(model, slide, plan, options, progress, statistics)
+    return checked_analysis(model, slide, plan, found, statistics, options)

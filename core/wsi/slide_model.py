@@ -37,6 +37,9 @@ MAX_JOB_CELLS = 2_000_000
 class SlideModel(ABC):
     """Mixed into a :class:`core.model_base.MicroscopyModel` that takes whole slides (as jobs)."""
 
+    #: the domain check's statistics (core.domain), set when the model loads; None: slides are not checked
+    domain = None
+
     def check_slide(self, slide, options: dict[str, Any]) -> None:
         """Refuse (ClientError) at submission a slide this model could not analyse: one whose resolution is
         neither recorded nor given, whose smallest level is too large to read whole (the tissue mask and the

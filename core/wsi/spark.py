@@ -20,7 +20,7 @@ from core.wsi.slide_model import SlideAnalysis, SlideModel
 
 
 def _analyse_partition(slide_path: str, model_id: str, assets_dir: str, plan: engine.Plan,
-                       options: dict[str, Any], items: Iterator[int]) -> Iterator[tuple[int, Any]]:
+                       options: dict[str, Any], items: Iterator[int]) -> Iterator[tuple[int, tuple[Any, float | None]]]:
     from core.assets import read_spec
     from core.registry import model_class
     from core.wsi.slide import open_slide
@@ -32,8 +32,7 @@ def _analyse_partition(slide_path: str, model_id: str, assets_dir: str, plan: en
     model.load()
     slide = open_slide(Path(slide_path))
     for index in indices:
-        block = plan.blocks[index]
-        yield index, model.analyse_block(engine.read_block(slide, plan, block), plan, block, options)
+        yield index, engine.analyse_block(model, slide, plan, plan.blocks[index], options)
 
 
 def analyse_spark(model: SlideModel, slide_path: Path, assets_dir: Path, options: dict[str, Any], master: str,
@@ -66,4 +65,5 @@ def analyse_spark(model: SlideModel, slide_path: Path, assets_dir: Path, options
                         .collect())
     finally:
         session.stop()
-    return model.slide_analysis(slide, plan, [analysed[index] for index in range(len(plan.blocks))], options)
+    found, statistics = zip(*(analysed[index] for index in range(len(plan.blocks)))) if plan.blocks else ((), ())
+    return engine.checked_analysis(model, slide, plan, list(found), list(statistics), options)
