@@ -24,7 +24,8 @@ from typing import Any, Callable
 import requests
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-CSV_FIELDS = ("file", "sample_id", "object", "label", "probability", "x", "y", "status", "error")
+#: typical: the answer's domain.typical (false: the image is unlike the model's training data; see the README)
+CSV_FIELDS = ("file", "sample_id", "object", "label", "probability", "x", "y", "typical", "status", "error")
 #: answers worth asking again: the server is busy (503), was restarting (502/504) or unreachable
 RETRY_STATUSES = {502, 503, 504}
 
@@ -55,22 +56,29 @@ def done_files(out: Path) -> set[str]:
     if not out.is_file():
         return set()
     with open(out, newline="") as handle:
-        return {row["file"] for row in csv.DictReader(handle)}
+        reader = csv.DictReader(handle)
+        if reader.fieldnames and tuple(reader.fieldnames) != CSV_FIELDS:
+            raise SystemExit(f"mmax: {out} has the columns {', '.join(reader.fieldnames)}, not this version's "
+                             f"{', '.join(CSV_FIELDS)}; give another --out")
+        return {row["file"] for row in reader}
 
 
 def object_rows(file: str, answer: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per object of an answer: its label, probability and position (a point, or a box's centre)."""
+    """One row per object of an answer: its label, probability and position (a point, or the centre of its box
+    ``[x, y, width, height]``), and whether the image is typical of the model's training data."""
+    typical = answer.get("domain", {}).get("typical")
+    common = {"file": file, "sample_id": answer.get("sample_id", ""),
+              "typical": "" if typical is None else str(typical).lower(), "status": "ok", "error": ""}
     rows = []
     for index, item in enumerate(answer.get("predictions", []), 1):
         x, y = item.get("x"), item.get("y")
         if x is None and item.get("bbox"):
-            left, top, right, bottom = item["bbox"]
-            x, y = round((left + right) / 2), round((top + bottom) / 2)
-        rows.append({"file": file, "sample_id": answer.get("sample_id", ""), "object": index,
-                     "label": item.get("label", item.get("subtype", "")), "probability": item.get("probability", ""),
-                     "x": "" if x is None else x, "y": "" if y is None else y, "status": "ok", "error": ""})
-    return rows or [{"file": file, "sample_id": answer.get("sample_id", ""), "object": 0, "label": "",
-                     "probability": "", "x": "", "y": "", "status": "ok", "error": ""}]
+            left, top, width, height = item["bbox"]
+            x, y = round(left + width / 2), round(top + height / 2)
+        rows.append({**common, "object": index, "label": item.get("label", item.get("subtype", "")),
+                     "probability": item.get("probability", ""), "x": "" if x is None else x,
+                     "y": "" if y is None else y})
+    return rows or [{**common, "object": 0, "label": "", "probability": "", "x": "", "y": ""}]
 
 
 def with_retries(call: Callable[[], requests.Response], retries: int, backoff_s: float,

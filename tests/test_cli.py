@@ -47,6 +47,12 @@ def test_a_folder_becomes_one_row_per_object_and_a_rerun_sends_nothing(live_serv
                for row in cells)
     answers = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert len(answers) == 12 and all(a["model"] == "leukocyte" for a in answers)
+    by_file = {Path(a["sample_id"]).stem: a for a in answers}
+    for row in cells:  # each row at the centre of its cell's box [x, y, width, height], with the domain verdict
+        answer = by_file[row["sample_id"]]
+        x, y, width, height = answer["predictions"][int(row["object"]) - 1]["bbox"]
+        assert abs(int(row["x"]) - (x + width / 2)) <= 1 and abs(int(row["y"]) - (y + height / 2)) <= 1
+        assert row["typical"] == str(answer["domain"]["typical"]).lower()
 
     assert main(argv) == 0  # everything is in the CSV: nothing is sent again
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sent"] == 0

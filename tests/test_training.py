@@ -93,3 +93,21 @@ def test_every_listed_backbone_builds_and_freezes_its_first_block(name):
     later = backbone.layers[backbone.layers.index(first) + 1:]
     assert not first.trainable and any(layer.trainable and layer.weights for layer in later)
     assert network.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0).shape == (1, 2)
+
+
+def test_stain_jitter_changes_the_stains_only_within_its_range():
+    from skimage.color import rgb2hed
+
+    from core.training.data import hed_jitter
+    from tests.images import section
+
+    tissue = section((64, 64), seed=3).astype(np.float32)[None].repeat(16, axis=0)
+    assert np.allclose(np.asarray(hed_jitter(tissue, 0.0, 0)), tissue, atol=0.01)  # sigma 0: the image back
+    jittered = np.asarray(hed_jitter(tissue, 0.1, 0))
+    assert jittered.shape == tissue.shape and 0 <= jittered.min() and jittered.max() <= 255
+    assert np.abs(jittered - tissue).mean(axis=(1, 2, 3)).min() > 0.2  # every image changed
+    # the haematoxylin density of every image scaled by at most 1 ± 0.1 (plus a shift of at most 0.01)
+    before = rgb2hed(tissue[0] / 255.0)[..., 0].mean()
+    after = np.array([rgb2hed(np.clip(image / 255.0, 1e-6, 1))[..., 0].mean() for image in jittered])
+    assert np.all(after >= 0.9 * before - 0.011) and np.all(after <= 1.1 * before + 0.011)
+    assert after.std() > 0  # and not all alike

@@ -106,6 +106,25 @@ def augmenter(seed: int, fill: str = "constant"):
     ], name="augment")
 
 
+def hed_jitter(batch, sigma: float, seed: int):
+    """Stain augmentation (after Tellez et al. 2018): each image's haematoxylin, eosin and DAB densities (the
+    colour deconvolution of skimage.color) scaled by U(1-sigma, 1+sigma) and shifted by U(-sigma/10, sigma/10),
+    as stains and scanners differ between labs (tissue densities lie mostly below 0.2 on skimage's scale, so a
+    shift of sigma itself turns a slide cyan or yellow). ``batch``: float pixels 0-255, N×H×W×3."""
+    import tensorflow as tf
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    log_adjust = float(np.log(1e-6))  # skimage's: optical densities scaled so that 1e-6 transmission is 1
+    to_hed, to_rgb = tf.constant(hed_from_rgb, tf.float32), tf.constant(rgb_from_hed, tf.float32)
+    # not clipped at 0 (as skimage does): with sigma 0 the round trip then gives the image back
+    stains = tf.einsum("nhwc,cd->nhwd", tf.math.log(tf.maximum(batch / 255.0, 1e-6)) / log_adjust, to_hed)
+    shape = tf.stack([tf.shape(batch)[0], 1, 1, 3])
+    scale = tf.random.uniform(shape, 1.0 - sigma, 1.0 + sigma, seed=seed)
+    shift = tf.random.uniform(shape, -sigma / 10, sigma / 10, seed=seed + 1)
+    rgb = tf.exp(tf.einsum("nhwc,cd->nhwd", (stains * scale + shift) * log_adjust, to_rgb))
+    return tf.clip_by_value(rgb * 255.0, 0.0, 255.0)
+
+
 def shuffled_batches(tensors: tuple[np.ndarray, ...], batch_size: int, shuffle: bool, seed: int):
     """Batches of ``tensors`` (sliced along the first axis), pixels cast to float.
 
@@ -125,13 +144,17 @@ def shuffled_batches(tensors: tuple[np.ndarray, ...], batch_size: int, shuffle: 
 
 
 def dataset(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, batch_size: int, augment: bool, seed: int,
-            fill: str = "constant"):
-    """Batches of (pixels, targets[, per-example weights]); shuffled and augmented for training."""
+            fill: str = "constant", stain_sigma: float = 0.0):
+    """Batches of (pixels, targets[, per-example weights]); shuffled and augmented for training (with HED
+    stain jitter of ``stain_sigma`` when it is above 0)."""
     import tensorflow as tf
 
     data = shuffled_batches((x, y) if weights is None else (x, y, weights), batch_size, augment, seed)
     if augment:
         layers = augmenter(seed, fill)
         data = data.map(lambda xb, *rest: (tf.clip_by_value(layers(xb, training=True), 0.0, 255.0), *rest),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    if augment and stain_sigma > 0:
+        data = data.map(lambda xb, *rest: (hed_jitter(xb, stain_sigma, seed), *rest),
                         num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -43,6 +43,7 @@ class TrainSettings:
     cache_dir: Path = Path(".cache/training")
     limit_groups: int | None = None
     input_overrides: dict[str, Any] | None = None  # model.json "input" fields changed for this run
+    stain_sigma: float = 0.0  # HED stain jitter in training (core.training.data.hed_jitter); 0: none
     tta: bool = True  # serve with (and report) 8-fold dihedral test-time augmentation (single-label)
     command: str | None = None  # the command line, recorded in model.json
 
@@ -106,7 +107,8 @@ def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel]:
     started = time.perf_counter()
     history = network.fit(
         dataset(arrays.x[train_index], targets[train_index], task.sample_weights(targets[train_index]),
-                settings.batch_size, augment=True, seed=settings.seed, fill=recipe.rotation_fill),
+                settings.batch_size, augment=True, seed=settings.seed, fill=recipe.rotation_fill,
+                stain_sigma=settings.stain_sigma),
         validation_data=dataset(arrays.x[val_index], targets[val_index], None, settings.batch_size,
                                 augment=False, seed=settings.seed),
         epochs=settings.epochs, callbacks=callbacks, verbose=2,
