@@ -150,3 +150,15 @@ def test_the_skin_slide_is_flagged_for_the_lymph_node_model(models):
     result = analyse_local(model, open_slide(SVS), options).result
     assert result["domain"]["typical"] is False and result["domain"]["share_flagged"] > 0.5
     json.dumps(result["domain"])  # plain JSON
+
+
+def test_noise_is_flagged_by_every_model(models):
+    from core.models.protein import Field
+
+    rng = np.random.default_rng(0)
+    for model_id, model in models.items():
+        options = {o.name: o.default for o in model.declared_options()}
+        noise = Field(rng.random((256, 256, 4)).astype(np.float32)) if model_id == "protein" else \
+            Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
+        verdict = model.answer(noise, options)["domain"]
+        assert verdict["typical"] is False and verdict["distance_percentile"] == 100.0, model_id
