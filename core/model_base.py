@@ -117,6 +117,11 @@ class MicroscopyModel(ABC):
         settings = getattr(self, "_serving", {"runtime": "auto", "max_batch": 1})
         self._classes = int(network.output_shape[-1])
         served = domain.network_with_embedding(network) if settings.get("domain_check", True) else network
+        width = int(served.output_shape[-1]) - self._classes
+        if self.domain is not None and width != len(self.domain.mean):
+            raise AssetError(f"model '{self.spec.id}': {self.spec.meta['domain']['file']} describes embeddings of "
+                             f"{len(self.domain.mean)} values, the network gives {width}; recompute it "
+                             f"(make domain-statistics)")
         self.runtime, forward = build_forward(served, settings["runtime"])
         if settings["max_batch"] > 1:
             forward = MicroBatcher(forward, settings["max_batch"], settings["max_wait_ms"] / 1000, self.spec.id,

@@ -162,3 +162,17 @@ def test_noise_is_flagged_by_every_model(models):
             Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
         verdict = model.answer(noise, options)["domain"]
         assert verdict["typical"] is False and verdict["distance_percentile"] == 100.0, model_id
+
+
+def test_statistics_of_another_embedding_size_stop_start_up(tmp_path: Path):
+    shutil.copytree(ROOT / "assets" / "leukocyte", tmp_path / "leukocyte")
+    meta = json.loads((tmp_path / "leukocyte" / "model.json").read_text())
+    statistics = gaussian_statistics()  # 8 values, not the network's
+    (tmp_path / "leukocyte" / "domain.npz").write_bytes(statistics.to_bytes())
+    from core.assets import sha256_of
+
+    meta["domain"]["sha256"] = sha256_of(tmp_path / "leukocyte" / "domain.npz")
+    (tmp_path / "leukocyte" / "model.json").write_text(json.dumps(meta))
+    model = model_class("leukocyte")(read_spec(tmp_path / "leukocyte"))
+    with pytest.raises(AssetError, match="recompute it"):
+        model.load()
