@@ -77,17 +77,18 @@ def forward_limits(model_id: str, repeats: int) -> dict:
         out["runtimes"][runtime] = {"images_per_s": round(1 / per_image, 1),
                                     "forward_ms_batch1": round(1000 * statistics.median(singles), 2)}
     out["runtimes"]["max_abs_difference"] = float(np.max(np.abs(reference - outputs)))
-    # One whole request in-process, as the service runs it (default runtime, decode included), no HTTP.
+    # One whole request in-process, as the service runs it (default runtime, decode and domain check included),
+    # no HTTP.
     from core.imageio import decode_image
 
     model.configure(runtime="auto", max_batch=1)
     model.load()
     body, defaults = sample_request(model_id), {o.name: o.default for o in model.declared_options()}
-    model.predict(decode_image(body, 64_000_000), defaults)
+    model.answer(decode_image(body, 64_000_000), defaults)
     times = []
     for _ in range(repeats * 2):
         started = time.perf_counter()
-        model.predict(decode_image(body, 64_000_000), defaults)
+        model.answer(decode_image(body, 64_000_000), defaults)
         times.append(time.perf_counter() - started)
     out["inprocess_request_ms"] = round(1000 * statistics.median(times), 2)
     return out
