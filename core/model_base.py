@@ -109,8 +109,8 @@ class MicroscopyModel(ABC):
         self.use_network(keras.saving.load_model(self.spec.weights_path, compile=False))
 
     def use_network(self, network) -> None:
-        """Serve ``network``: build its fast forward pass (probabilities and, for the domain check, the pooled
-        embedding in one output) and, if configured, its micro-batcher."""
+        """Serve ``network``: build its fast forward pass (probabilities and, for the domain check, the
+        embedding of core.domain in one output) and, if configured, its micro-batcher."""
         from core.batching import MicroBatcher
         from core.runtime import build_forward
 
