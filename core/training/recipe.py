@@ -79,13 +79,19 @@ class TrainingRecipe:
     def recorded_split(self, data_dir: Path, cache_dir: Path, settings: dict[str, Any]):
         """(arrays, split) as the training run recorded in ``settings`` (model.json ``training.settings``) made
         them: the same examples, the same train / val / test groups."""
-        from core.training.data import load_arrays, three_way_split
+        from core.training.data import load_arrays
 
         arrays = load_arrays(self, data_dir, cache_dir)
-        split = three_way_split(arrays, settings.get("folds", 5), settings.get("fold", 0),
-                                settings.get("val_fraction", 0.2), settings.get("seed", 0),
-                                self.predefined_test(arrays.groups), self.training_only(arrays.groups))
-        return arrays, split
+        return arrays, self.split(arrays, settings.get("folds", 5), settings.get("fold", 0),
+                                  settings.get("val_fraction", 0.2), settings.get("seed", 0))
+
+    def split(self, arrays, folds: int, fold: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+        """train / val / test indices: grouped folds (or the data set's own test split), with the
+        ``training_only`` examples in train (core.training.data.three_way_split)."""
+        from core.training.data import three_way_split
+
+        return three_way_split(arrays, folds, fold, val_fraction, seed, self.predefined_test(arrays.groups),
+                               self.training_only(arrays.groups))
 
     def domain_statistics(self, data_dir: Path, cache_dir: Path, settings: dict[str, Any]):
         """The domain check's statistics for the loaded network and their model.json section

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from core.evaluation import expected_calibration_error, f1_counts, fit_temperature, mean_sd, temper
-from core.training.data import Arrays, three_way_split
+from core.training.data import Arrays
 from core.training.recipe import TrainingRecipe
 from core.training.report import classification_report, pooled_report
 from core.tta import dihedral_mean
@@ -32,11 +32,9 @@ class SingleLabel:
         return arrays.y
 
     def split(self, arrays: Arrays) -> dict[str, np.ndarray]:
-        fixed_test = self.recipe.predefined_test(arrays.groups)
-        self.predefined = fixed_test is not None
+        self.predefined = self.recipe.predefined_test(arrays.groups) is not None
         s = self.settings
-        return three_way_split(arrays, s.folds, s.fold, s.val_fraction, s.seed, fixed_test,
-                               self.recipe.training_only(arrays.groups))
+        return self.recipe.split(arrays, s.folds, s.fold, s.val_fraction, s.seed)
 
     def split_note(self, meta: dict[str, Any]) -> str:
         held_out = "the data set's own held-out split" if self.predefined else \
