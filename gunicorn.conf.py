@@ -9,7 +9,7 @@ _config = Config.from_env()
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers
 threads = _config.threads
-worker_class = "gthread"
+worker_class = "api.gunicorn_worker.ServiceWorker"  # gthread, with the probes on threads of their own
 timeout = _config.timeout_s
 accesslog = "-"
 # gunicorn's default line, then the request ID the response carries (api/tracing.py)

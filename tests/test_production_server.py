@@ -133,3 +133,32 @@ def test_bad_settings_stop_gunicorn_with_one_clear_line(tmp_path: Path, setting,
     run = subprocess.run([str(Path(sys.executable).with_name("gunicorn")), "app:create_app()"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and words in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+
+
+def test_probes_answer_while_every_request_thread_is_busy(tmp_path: Path):
+    """One request thread, held by a client that sends its upload a byte at a time: /health/live and
+    /health/ready still answer at once (they have threads of their own, api/gunicorn_worker.py), and the
+    held request is served when its body arrives."""
+    server, base = start_gunicorn(tmp_path, workers=1, threads="1", models="leukocyte")
+    port = int(base.rsplit(":", 1)[1])
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"cell.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + encode(smear()) + b"\r\n--b--\r\n")
+    slow = socket.create_connection(("127.0.0.1", port))
+    try:
+        slow.sendall(b"POST /model/leukocyte/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+        time.sleep(1)  # the one request thread is now reading this body
+        for route in ("/health/live", "/health/ready", "/v2/health/live"):
+            started = time.monotonic()
+            assert requests.get(f"{base}{route}", timeout=5).status_code == 200
+            assert time.monotonic() - started < 1, route
+        slow.sendall(body[10:])
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and b'"status": "ok"' in answer.replace(b'":"', b'": "')
+    finally:
+        slow.close()
+        server.terminate()
+        server.wait(timeout=30)
