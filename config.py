@@ -43,6 +43,8 @@ class Config:
     # "all" serves every model found in assets_dir; otherwise a comma-separated list of model ids.
     models: tuple[str, ...] | None = None
     max_upload_bytes: int = 64 * 1024 * 1024
+    # A request (head and body) must have arrived within this; it gets a request thread only once it has.
+    upload_timeout_s: int = 300
     max_image_pixels: int = 64_000_000
     cors: bool = False
     api_key: str | None = None
@@ -81,6 +83,7 @@ class Config:
             assets_dir=Path(_env("ASSETS_DIR", str(ROOT / "assets"))),
             models=None if models in {"", "all"} else tuple(m.strip() for m in models.split(",") if m.strip()),
             max_upload_bytes=_env_int("MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
+            upload_timeout_s=_env_int("UPLOAD_TIMEOUT_S", 300),
             max_image_pixels=_env_int("MAX_IMAGE_PIXELS", 64_000_000),
             cors=_env_bool("CORS", False),
             api_key=_env("API_KEY", "") or None,

@@ -1,37 +1,192 @@
-"""gunicorn's threaded worker, with the probes on threads of their own.
+"""gunicorn's threaded worker, made safe against slow clients and busy threads.
 
-Every request thread can be busy with inference (or with a client sending its upload slowly); a liveness or
-readiness probe queued behind them would time out and get a healthy server restarted. This worker looks at
-the first bytes of each request without consuming them and hands the probe routes to a small pool of their
-own; everything else goes to the usual ``MMAX_THREADS`` request threads.
+- **Requests are read before a thread is given.** gthread hands a connection to a request thread as soon as
+  its first bytes arrive; a client that then sends its upload a byte at a time holds that thread for as long
+  as it likes, and four such clients stop the service. Here the worker's event loop reads each request (its
+  headers, and its body up to ``MMAX_MAX_UPLOAD_BYTES``) without blocking, and only a complete request gets a
+  thread. A request not complete within ``MMAX_UPLOAD_TIMEOUT_S`` is answered 408 and closed.
+- **The probes have threads of their own.** A liveness or readiness probe queued behind busy request threads
+  would time out and get a healthy server restarted: ``/health/…``, ``/v2/health/…`` and ``/metrics`` go to
+  a small pool of their own.
+
+TLS connections (gunicorn's ``certfile``) are handed over as gthread does: their bytes cannot be read here.
 """
 from __future__ import annotations
 
+import errno
+import json
+import selectors
 import socket
+import time
 from concurrent import futures
+from functools import partial
+from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from config import Config
 
 #: request-line starts answered on the probe threads: cheap routes that must answer while inference runs
 PROBE_REQUESTS = (b"GET /health/", b"GET /v2/health/", b"GET /metrics ", b"HEAD /health/", b"HEAD /v2/health/")
 PROBE_THREADS = 2
+#: a request head longer than this is handed over as it is (gunicorn refuses it)
+HEAD_MAX_BYTES = 64 * 1024
+#: request bytes one worker holds for clients still sending; beyond, a request thread reads the rest itself
+BUFFERED_MAX_BYTES = 256 * 1024 * 1024
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def is_probe(sock: socket.socket) -> bool:
-    """Whether the request waiting on ``sock`` is a probe (read with MSG_PEEK: nothing is consumed)."""
+class BufferedSocket:
+    """A client socket whose request bytes the event loop has already read: ``recv`` serves them first.
+
+    gunicorn answers ``Expect: 100-continue`` when it parses the head; the event loop has done so already
+    when it waited for that body, so that second answer is dropped."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.pending = bytearray()
+        self.continued = False
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        if self.pending:
+            data = bytes(self.pending[:size])
+            del self.pending[:size]
+            return data
+        return self.sock.recv(size, *flags)
+
+    def send(self, data: bytes, *flags: int) -> int:
+        if data == CONTINUE and self.continued:
+            self.continued = False
+            return len(data)
+        return self.sock.send(data, *flags)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, sendall, sendfile, setblocking, close, shutdown…
+        return getattr(self.sock, name)
+
+
+def request_complete(head_and_body: bytes | bytearray, body_max: int) -> tuple[bool, bool]:
+    """(whether a thread can parse the request without waiting for the client, whether the client waits
+    for ``100 Continue`` before it sends the body) for the bytes read so far."""
+    end = head_and_body.find(b"\r\n\r\n")
+    if end < 0:
+        return len(head_and_body) > HEAD_MAX_BYTES, False
+    headers = {}
+    for line in bytes(head_and_body[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip().lower()
+    body = len(head_and_body) - end - 4
+    expects = headers.get(b"expect") == b"100-continue"
+    if b"chunked" in headers.get(b"transfer-encoding", b""):
+        return head_and_body.endswith(b"0\r\n\r\n") or body > body_max, expects and body == 0
     try:
-        head = sock.recv(32, socket.MSG_PEEK)
-    except OSError:  # nothing there yet, or TLS: an ordinary request thread parses it as before
-        return False
-    return head.startswith(PROBE_REQUESTS)
+        length = int(headers.get(b"content-length", b"0"))
+    except ValueError:
+        return True, False  # gunicorn answers it 400
+    # a body over the limit is refused (413) by the application before it is read
+    return body >= length or length > body_max, expects and body == 0
 
 
 class ServiceWorker(ThreadWorker):
     def init_process(self) -> None:
+        config = Config.from_env()
+        self.upload_timeout_s, self.body_max = config.upload_timeout_s, config.max_upload_bytes
         self.probe_pool = futures.ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="probe")
+        self.reading: dict[Any, float] = {}  # connection → when its request must have arrived
         super().init_process()
 
+    def accept(self, server, listener) -> None:
+        try:
+            sock, client = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        conn = TConn(self.cfg, sock, client, server)
+        if not self.cfg.is_ssl:
+            conn.sock = BufferedSocket(sock)
+        self.nr_conns += 1
+        with self._lock:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+
+    def on_client_socket_readable(self, conn, client) -> None:
+        with self._lock:
+            self.poller.unregister(client)
+            if conn.initialized and conn not in self.reading:
+                try:
+                    self._keep.remove(conn)
+                except ValueError:  # gunicorn's own race: the keep-alive sweep closed it
+                    return
+        if isinstance(conn.sock, BufferedSocket) and not self.read_more(conn):
+            return
+        self.reading.pop(conn, None)
+        self.enqueue_req(conn)
+
+    def read_more(self, conn) -> bool:
+        """Read what the client has sent; True once a thread can take the request, False while it is
+        still on its way (or the connection has been closed)."""
+        buffered = conn.sock
+        leftover = conn.parser is not None and conn.parser.unreader.buf.tell() > 0
+        try:
+            while len(buffered.pending) <= self.body_max + HEAD_MAX_BYTES:
+                data = buffered.sock.recv(256 * 1024)
+                if not data:  # the client has gone: its request can never complete
+                    if not buffered.pending:
+                        self.drop(conn)
+                        return False
+                    break
+                buffered.pending += data
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.drop(conn)
+            return False
+        complete, expects = request_complete(buffered.pending, self.body_max)
+        if complete or leftover or sum(len(c.sock.pending) for c in self.reading) > BUFFERED_MAX_BYTES:
+            return True
+        if expects and not buffered.continued:
+            buffered.sock.send(CONTINUE)  # 25 bytes into an empty send buffer
+            buffered.continued = True
+        self.reading.setdefault(conn, time.monotonic() + self.upload_timeout_s)
+        with self._lock:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+        return False
+
     def enqueue_req(self, conn) -> None:
-        pool = self.probe_pool if is_probe(conn.sock) else self.tpool
+        sock = conn.sock
+        head = sock.pending if isinstance(sock, BufferedSocket) else peek(sock)
+        pool = self.probe_pool if bytes(head[:32]).startswith(PROBE_REQUESTS) else self.tpool
         conn.init()
         self._wrap_future(pool.submit(self.handle, conn), conn)
+
+    def murder_keepalived(self) -> None:
+        super().murder_keepalived()
+        now = time.monotonic()
+        for conn in [c for c, deadline in self.reading.items() if deadline < now]:
+            message = json.dumps({"status": "error", "message": f"the request did not arrive within "
+                                  f"{self.upload_timeout_s:g} s (setting MMAX_UPLOAD_TIMEOUT_S)"}).encode()
+            try:
+                conn.sock.sock.send(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                                    b"Connection: close\r\nContent-Length: " + str(len(message)).encode() +
+                                    b"\r\n\r\n" + message)
+            except OSError:
+                pass
+            self.drop(conn)
+
+    def drop(self, conn) -> None:
+        """Forget and close a connection whose request will not be served."""
+        self.reading.pop(conn, None)
+        with self._lock:
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+
+def peek(sock: socket.socket) -> bytes:
+    """The first bytes waiting on ``sock``, not consumed (nothing yet, or TLS: empty)."""
+    try:
+        return sock.recv(32, socket.MSG_PEEK)
+    except OSError:
+        return b""

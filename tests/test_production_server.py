@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -135,30 +136,107 @@ def test_bad_settings_stop_gunicorn_with_one_clear_line(tmp_path: Path, setting,
     assert run.returncode != 0 and words in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
 
 
-def test_probes_answer_while_every_request_thread_is_busy(tmp_path: Path):
-    """One request thread, held by a client that sends its upload a byte at a time: /health/live and
-    /health/ready still answer at once (they have threads of their own, api/gunicorn_worker.py), and the
-    held request is served when its body arrives."""
-    server, base = start_gunicorn(tmp_path, workers=1, threads="1", models="leukocyte")
+
+def multipart(data: bytes, boundary: str = "b") -> tuple[bytes, bytes]:
+    """(head, body) of a raw HTTP/1.1 leukocyte upload of ``data``, sent by hand to control its pace."""
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"cell.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /model/leukocyte/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n").encode()
+    return head, body
+
+
+def read_all(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_slow_clients_hold_no_request_thread(tmp_path: Path):
+    """One request thread, four clients sending their uploads a few bytes at a time: other clients' requests
+    and the probes are answered at once, and each slow upload is answered 200 when it has arrived. A client
+    that waits for 100 Continue gets it once; one that never finishes gets a JSON 408 after
+    MMAX_UPLOAD_TIMEOUT_S."""
+    server, base = start_gunicorn(tmp_path, workers=1, threads="1", models="leukocyte", upload_timeout_s="6")
     port = int(base.rsplit(":", 1)[1])
-    body = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"cell.png\"\r\n"
-            b"Content-Type: image/png\r\n\r\n" + encode(smear()) + b"\r\n--b--\r\n")
-    slow = socket.create_connection(("127.0.0.1", port))
+    head, body = multipart(encode(smear()))
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
     try:
-        slow.sendall(b"POST /model/leukocyte/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     b"Content-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
-        time.sleep(1)  # the one request thread is now reading this body
+        for sock in slow:
+            sock.sendall(head + b"\r\n" + body[:10])
+        time.sleep(0.5)
         for route in ("/health/live", "/health/ready", "/v2/health/live"):
             started = time.monotonic()
             assert requests.get(f"{base}{route}", timeout=5).status_code == 200
             assert time.monotonic() - started < 1, route
-        slow.sendall(body[10:])
-        answer = b""
-        while chunk := slow.recv(65536):
-            answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200") and b'"status": "ok"' in answer.replace(b'":"', b'": "')
+        with requests.Session() as session:  # one kept-alive connection, several requests
+            for _ in range(3):
+                started = time.monotonic()
+                response = session.post(f"{base}/model/leukocyte/predict", files={"image": encode(smear())},
+                                        timeout=10)
+                assert response.status_code == 200 and time.monotonic() - started < 5
+        for offset in range(10, 40, 10):  # still trickling
+            for sock in slow:
+                sock.sendall(body[offset:offset + 10])
+            time.sleep(0.2)
+        for sock in slow:
+            sock.sendall(body[40:])
+            answer = read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 200") and b"predictions" in answer, answer[:200]
+
+        expecting = socket.create_connection(("127.0.0.1", port))
+        expecting.sendall(head + b"Expect: 100-continue\r\n\r\n")
+        expecting.settimeout(5)
+        assert expecting.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        expecting.sendall(body)
+        answer = read_all(expecting)
+        expecting.close()
+        assert answer.startswith(b"HTTP/1.1 200") and b"100 Continue" not in answer, answer[:200]
+
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(head + b"\r\n" + body[:10])
+        stalled.settimeout(30)
+        started = time.monotonic()
+        answer = read_all(stalled)
+        stalled.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"MMAX_UPLOAD_TIMEOUT_S" in answer, answer[:300]
+        assert 5 < time.monotonic() - started < 15
+        assert requests.get(f"{base}/health/live", timeout=5).status_code == 200
     finally:
-        slow.close()
+        for sock in slow:
+            sock.close()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_probes_answer_while_the_request_thread_is_busy(tmp_path: Path):
+    """One request thread, busy for seconds with a large smear: the probes have threads of their own
+    (api/gunicorn_worker.py) and answer within a second while it works."""
+    server, base = start_gunicorn(tmp_path, workers=1, threads="1", models="leukocyte", request_timeout_s="0")
+    busy = {}
+    crowded = encode(smear((3000, 2400), leukocytes=[(x, y, 30) for x in range(150, 3000, 200)
+                                                         for y in range(150, 2400, 200)]))
+
+    def large_request():
+        busy["started"] = time.monotonic()
+        busy["status"] = requests.post(f"{base}/model/leukocyte/predict", files={"image": crowded},
+                                       timeout=300).status_code
+        busy["ended"] = time.monotonic()
+
+    worker = threading.Thread(target=large_request)
+    try:
+        worker.start()
+        time.sleep(2)  # uploaded and at work
+        answered = []
+        for route in ("/health/live", "/health/ready", "/v2/health/live", "/metrics"):
+            started = time.monotonic()
+            assert requests.get(f"{base}{route}", timeout=5).status_code == 200
+            answered.append(time.monotonic())
+            assert answered[-1] - started < 1, route
+        worker.join(timeout=300)
+        assert busy["status"] == 200 and busy["ended"] > answered[-1]  # the probes overlapped the work
+    finally:
+        worker.join(timeout=300)
         server.terminate()
         server.wait(timeout=30)
