@@ -3,7 +3,8 @@
 A job is a row (queued → running → done | failed) plus a folder with its slide (when uploaded) and its
 outputs. Runners claim queued jobs atomically, so any number of server processes share one queue. A
 running job's runner beats a heartbeat; a job whose heartbeat stops (its process died) is re-queued, or
-failed with the reason once it has used up its attempts. Nothing is kept only in memory.
+failed with the reason once it has used up its attempts; a re-queued job resumes from the blocks its last
+attempt finished. Nothing is kept only in memory.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ JOB_ID_LENGTH = 32  # uuid4 hex
 MAX_SLIDE_PATH = 1024  # characters of a slide path under the slide root
 UPDATABLE = {"status", "progress", "message"}
 RESULT_FILES = {"result": "result.json", "heatmap": "heatmap.png", "geojson": "regions.geojson"}
+#: a running job's finished blocks (core.wsi.checkpoint): its next attempt resumes from them
+CHECKPOINT_FILE = "blocks.jsonl"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, slide TEXT NOT NULL, slide_name TEXT NOT NULL,
@@ -304,6 +307,11 @@ class JobRunner:
                                                 f"server log has the details")
         finally:
             beating.set()
+            # The job has ended (a killed process never gets here: its next attempt resumes from the blocks)
+            folder = self.store.folder(job_id)
+            (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def _analyse(self, job: dict) -> None:
         from core.wsi.engine import analyse_local
@@ -317,7 +325,8 @@ class JobRunner:
                 raise JobCancelled(job["id"])
             self.store.update(job["id"], progress=round(fraction, 4), message=note)
 
-        analysis = analyse_local(model, slide, json.loads(job["options"]), progress)
+        analysis = analyse_local(model, slide, json.loads(job["options"]), progress,
+                                 self.store.folder(job["id"]) / CHECKPOINT_FILE)
         analysis.result.update({"job_id": job["id"], "model": job["model"], "version": model.spec.version,
                                 "weights_sha256": model.spec.meta["weights"].get("sha256"),
                                 **({"sample_id": job["sample_id"]} if job["sample_id"] else {})})

@@ -171,7 +171,7 @@ def test_a_running_job_cancelled_stops_at_its_next_block_and_stays_cancelled(tmp
     store.create(job_id, "metastasis", slides / "section.tif", "section.tif", {})
     blocks_done = []
 
-    def analyse(model, slide, options, progress):
+    def analyse(model, slide, options, progress, checkpoint_path=None):
         progress(0.25, "block 1 of 4")
         blocks_done.append(1)
         store.cancel(job_id)  # a client's DELETE while block 2 is being scored
@@ -246,3 +246,73 @@ def test_an_mpp_that_makes_a_grid_cell_larger_than_the_slide_is_a_400(jobs_clien
     image = io.BytesIO(encode(Image.fromarray(section((64, 64)))))
     response = submit(jobs_client, model="metastasis", slide=(image, "tiny.png"), mpp=mpp)
     assert response.status_code == 400 and "grid cell" in response.get_json()["message"]
+
+
+def test_a_job_rerun_after_its_worker_died_resumes_from_its_finished_blocks(app, tmp_path, slides, monkeypatch):
+    """An attempt killed after two blocks leaves them in the job's checkpoint; the next attempt analyses only
+    the other blocks and gives the answer an uninterrupted run gives. The checkpoint goes when the job ends."""
+    import core.wsi.engine as engine
+    from core.jobs import CHECKPOINT_FILE, JobRunner
+    from core.wsi.slide import open_slide
+
+    monkeypatch.setattr(engine, "BLOCK_CELLS", 4)  # many blocks from a small slide
+    model = app.extensions["mmax_registry"].get_ready("metastasis")
+    options = {"mpp": 0.0, "threshold": 0.5, "tissue_only": True}
+    slide_path = slides / "section.tif"
+    plan = model.plan(open_slide(slide_path), options)
+    assert len(plan.blocks) >= 6
+    uninterrupted = engine.analyse_local(model, open_slide(slide_path), options).result
+
+    store = JobStore(tmp_path / "data")
+    job_id = store.new_id()
+    store.create(job_id, "metastasis", slide_path, "section.tif", options)
+    checkpoint = store.folder(job_id) / CHECKPOINT_FILE
+    real_analyse_block, calls = engine.analyse_block, []
+
+    def analyse_block(*args, **kwargs):
+        if len(calls) == 2 and kill_after_two:
+            raise KeyboardInterrupt("the worker dies")  # as SIGKILL would: nothing after this line runs
+        calls.append(1)
+        return real_analyse_block(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "analyse_block", analyse_block)
+    kill_after_two = True
+    with pytest.raises(KeyboardInterrupt):
+        engine.analyse_local(model, open_slide(slide_path), options, checkpoint_path=checkpoint)
+    assert len(checkpoint.read_text().splitlines()) == 1 + 2
+
+    kill_after_two, calls[:] = False, []
+
+    class Registry:
+        def get_ready(self, model_id):
+            return model
+
+    JobRunner(store, Registry(), stale_s=60, max_attempts=2).run(store.claim("test"))
+    assert store.get(job_id)["status"] == "done"
+    assert len(calls) == len(plan.blocks) - 2  # the two finished blocks were not analysed again
+    resumed = json.loads((store.folder(job_id) / "result.json").read_text())
+    for key, value in uninterrupted.items():
+        assert resumed[key] == value, key
+    assert not checkpoint.exists()
+
+
+def test_a_checkpoint_keeps_findings_exactly_and_ignores_what_is_not_its_own(tmp_path):
+    from core.wsi.checkpoint import BlockCheckpoint
+
+    grid = np.array([[0.25, np.nan], [1.0, 0.0]], np.float32)
+    points = (np.zeros((2, 2), np.float32), [{"x": 3, "y": 4, "probability": 0.91, "subtype": "normal"}])
+    checkpoint = BlockCheckpoint(tmp_path / "blocks.jsonl", "plan A")
+    checkpoint.start({})
+    checkpoint.add(0, grid, 1.5)
+    checkpoint.add(3, points, None)
+    done = checkpoint.load()
+    assert sorted(done) == [0, 3] and done[0][1] == 1.5 and done[3][1] is None
+    assert done[0][0].dtype == np.float32 and np.array_equal(done[0][0], grid, equal_nan=True)
+    assert isinstance(done[3][0], tuple) and done[3][0][1] == points[1]
+    with open(checkpoint.path, "a") as handle:
+        handle.write('{"block": 5, "find')  # a process killed while writing
+    assert sorted(checkpoint.load()) == [0, 3]
+    checkpoint.start(checkpoint.load())  # the next attempt writes it afresh, without the cut line
+    checkpoint.add(5, grid, 2.0)
+    assert sorted(checkpoint.load()) == [0, 3, 5]
+    assert BlockCheckpoint(checkpoint.path, "plan B").load() == {}  # other weights, grid or options

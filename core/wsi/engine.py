@@ -8,8 +8,11 @@ local and the Spark engine give the same numbers.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -17,6 +20,7 @@ from PIL import Image
 
 from core import deadline, domain
 from core.errors import ClientError
+from core.wsi.checkpoint import BlockCheckpoint
 from core.wsi.tissue import cell_fractions, tissue_mask
 
 if TYPE_CHECKING:
@@ -150,20 +154,39 @@ def analyse_block(model: SlideModel, slide, plan: Plan, block: Block, options: d
 
 
 def analyse_blocks(model: SlideModel, slide, plan: Plan, options: dict[str, Any],
-                   progress: Progress | None = None, statistics: list[float | None] | None = None) -> list[Any]:
+                   progress: Progress | None = None, statistics: list[float | None] | None = None,
+                   checkpoint: BlockCheckpoint | None = None) -> list[Any]:
     """Every block's finding, in this process, reporting progress after each (and appending each block's
-    domain statistic to ``statistics`` when given)."""
+    domain statistic to ``statistics`` when given). With a ``checkpoint``, blocks a previous attempt
+    finished are taken from it and each block finished now is added to it."""
+    earlier = checkpoint.load() if checkpoint else {}
+    if checkpoint:
+        checkpoint.start(earlier)
+    kept = f" ({len(earlier):,} blocks kept from the previous attempt)" if earlier else ""
     total, done, found = max(1, int(plan.tissue.sum())), 0, []
-    for block in plan.blocks:
+    for index, block in enumerate(plan.blocks):
         deadline.check()  # a synchronous region request over its time budget stops here
-        finding, statistic = analyse_block(model, slide, plan, block, options)
+        if index in earlier:
+            finding, statistic = earlier[index]
+        else:
+            finding, statistic = analyse_block(model, slide, plan, block, options)
+            if checkpoint:
+                checkpoint.add(index, finding, statistic)
         found.append(finding)
         if statistics is not None:
             statistics.append(statistic)
         done += int(plan.tissue[block.row:block.row + block.rows, block.col:block.col + block.cols].sum())
         if progress:
-            progress(done / total, f"analysed {done:,} of {total:,} tissue tiles")
+            progress(done / total, f"analysed {done:,} of {total:,} tissue tiles{kept}")
     return found
+
+
+def plan_key(model: SlideModel, plan: Plan, options: dict[str, Any]) -> str:
+    """What a block's finding depends on besides its pixels: the model's weights, the grid and the options."""
+    tissue = hashlib.sha256(np.packbits(plan.tissue).tobytes()).hexdigest()[:16]
+    return json.dumps({"model": model.spec.id, "weights": model.spec.meta.get("weights", {}).get("sha256"),
+                       "level": plan.level, "grid": [plan.rows, plan.cols], "blocks": len(plan.blocks),
+                       "tissue": tissue, "options": options}, sort_keys=True, default=str)
 
 
 def checked_analysis(model: SlideModel, slide, plan: Plan, found: list[Any], statistics: list[float | None],
@@ -176,10 +199,12 @@ def checked_analysis(model: SlideModel, slide, plan: Plan, found: list[Any], sta
     return analysis
 
 
-def analyse_local(model: SlideModel, slide, options: dict[str, Any],
-                  progress: Progress | None = None) -> SlideAnalysis:
-    """A whole slide through ``model`` in this process (the Spark engine: core.wsi.spark)."""
+def analyse_local(model: SlideModel, slide, options: dict[str, Any], progress: Progress | None = None,
+                  checkpoint_path: Path | None = None) -> SlideAnalysis:
+    """A whole slide through ``model`` in this process (the Spark engine: core.wsi.spark); with a
+    ``checkpoint_path``, resumed from the blocks an earlier attempt finished (core.wsi.checkpoint)."""
     plan = model.plan(slide, options)
     statistics: list[float | None] = []
-    found = analyse_blocks(model, slide, plan, options, progress, statistics)
+    checkpoint = BlockCheckpoint(checkpoint_path, plan_key(model, plan, options)) if checkpoint_path else None
+    found = analyse_blocks(model, slide, plan, options, progress, statistics, checkpoint)
     return checked_analysis(model, slide, plan, found, statistics, options)
