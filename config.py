@@ -67,6 +67,8 @@ class Config:
     job_attempts: int = 2
     # Jobs waiting in the queue at most; a submission beyond is a 503 with Retry-After.
     max_queued_jobs: int = 20
+    # Jobs one client (its address) may have queued or running; the next is a 429 with Retry-After.
+    max_jobs_per_client: int = 5
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -98,5 +100,6 @@ class Config:
             max_slide_bytes=_env_int("MAX_SLIDE_BYTES", 8 * 1024**3),
             job_stale_s=_env_int("JOB_STALE_S", 60),
             max_queued_jobs=_env_int("MAX_QUEUED_JOBS", 20),
+            max_jobs_per_client=_env_int("MAX_JOBS_PER_CLIENT", 5),
             job_attempts=_env_int("JOB_ATTEMPTS", 2),
         )

@@ -47,6 +47,12 @@ def submit_form(ns: Namespace, model: SlideModel):
     return parser
 
 
+def client_identity() -> str:
+    """Who submits, for the per-client job quota: the client's address (behind a proxy every client has the
+    proxy's; the one API key, when set, is everyone's and tells clients no apart)."""
+    return f"address:{request.remote_addr}"
+
+
 def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[dict, int, dict]:
     """Queue a slide for ``model_id`` from the request: checked now (model, options, a readable slide)."""
     config = current_app.config["MMAX"]
@@ -62,8 +68,8 @@ def submit(registry: ModelRegistry, runner: JobRunner, model_id: str) -> tuple[d
     unexpected = sorted(set(files) - {"slide"})
     if unexpected:
         raise ClientError(f"unexpected file field(s) {', '.join(unexpected)}; send the slide in 'slide'")
-    job = runner.store.submit(model, options, upload=files.get("slide"),
-                              slide_path=form.get("slide_path"), slide_root=config.slide_root, sample_id=sample_id)
+    job = runner.store.submit(model, options, upload=files.get("slide"), slide_path=form.get("slide_path"),
+                              slide_root=config.slide_root, sample_id=sample_id, client=client_identity())
     runner.wake()
     return job_json(job), 202, {"Location": f"/jobs/{job['id']}"}
 
@@ -91,6 +97,8 @@ def create_namespace(registry: ModelRegistry, runner: JobRunner) -> Namespace:
             @ns.response(404, "no such slide", schemas.error)
             @ns.response(413, "upload too large", schemas.error)
             @ns.response(415, "not a slide OpenSlide or Pillow can read", schemas.error)
+            @ns.response(429, "this client has MMAX_MAX_JOBS_PER_CLIENT jobs queued or running: submit again "
+                              "after Retry-After seconds", schemas.error)
             @ns.response(503, "the queue is full (MMAX_MAX_QUEUED_JOBS): submit again after Retry-After seconds",
                          schemas.error)
             def post(self, model_id: str):

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     heartbeat REAL, sample_id TEXT
 )"""
 #: columns added since the first release, added to an older job database when it is opened
-_ADDED_COLUMNS = {"sample_id": "TEXT"}
+_ADDED_COLUMNS = {"sample_id": "TEXT", "client": "TEXT"}
 
 
 class JobNotFound(ClientError):
@@ -54,6 +54,13 @@ class QueueFull(ClientError):
     """Too many jobs waiting: come back later (the API answers 503 with ``Retry-After``)."""
 
     status = 503
+    retry_after_s = 60
+
+
+class TooManyJobs(ClientError):
+    """One client has its share of unfinished jobs: it gets 429 until one of them ends."""
+
+    status = 429
     retry_after_s = 60
 
 
@@ -94,8 +101,8 @@ def resolve_slide_path(root: Path | None, relative: str) -> Path:
 class JobStore:
     """The jobs table and each job's folder under ``data_dir``."""
 
-    def __init__(self, data_dir: Path, max_queued: int = 20):
-        self.data_dir, self.max_queued = Path(data_dir), max_queued
+    def __init__(self, data_dir: Path, max_queued: int = 20, max_per_client: int = 5):
+        self.data_dir, self.max_queued, self.max_per_client = Path(data_dir), max_queued, max_per_client
         try:
             (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
             with closing(self._connect()) as db:
@@ -118,15 +125,23 @@ class JobStore:
         return self.data_dir / "jobs" / check_job_id(job_id)
 
     def submit(self, model, options: dict[str, Any], upload: SlideUpload | None = None,
-               slide_path: str | None = None, slide_root: Path | None = None, sample_id: str | None = None) -> dict:
+               slide_path: str | None = None, slide_root: Path | None = None, sample_id: str | None = None,
+               client: str | None = None) -> dict:
         """Queue a slide for ``model`` (a SlideModel): an upload is kept in the job's folder, a path must lie
-        under ``slide_root``; the slide is opened and checked now, so a bad one is refused, not failed later."""
+        under ``slide_root``; the slide is opened and checked now, so a bad one is refused, not failed later.
+        ``client`` (who submits: e.g. a hash of the API key) may have ``max_per_client`` unfinished jobs."""
         from werkzeug.utils import secure_filename
 
         from core.wsi.slide import open_slide
 
         with closing(self._connect()) as db:
             queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+            own = db.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND status IN ('queued', 'running')",
+                             (client,)).fetchone()[0] if client else 0
+        if own >= self.max_per_client:
+            raise TooManyJobs(f"you have {own} jobs queued or running (the limit per client is "
+                              f"{self.max_per_client}, setting MMAX_MAX_JOBS_PER_CLIENT); submit again when one "
+                              f"has ended")
         if queued >= self.max_queued:
             raise QueueFull(f"{queued} jobs are waiting (the limit is {self.max_queued}); submit again later")
         job_id = self.new_id()
@@ -148,18 +163,18 @@ class JobStore:
         except Exception:  # refused or unreadable: nothing of it stays on disk
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return self.create(job_id, model.spec.id, path, name, options, sample_id)
+        return self.create(job_id, model.spec.id, path, name, options, sample_id, client)
 
     def new_id(self) -> str:
         return uuid.uuid4().hex
 
     def create(self, job_id: str, model_id: str, slide: Path, slide_name: str, options: dict[str, Any],
-               sample_id: str | None = None) -> dict:
+               sample_id: str | None = None, client: str | None = None) -> dict:
         now = time.time()
         with closing(self._connect()) as db:
             db.execute("INSERT INTO jobs (id, model, slide, slide_name, options, status, message, created, updated, "
-                       "sample_id) VALUES (?, ?, ?, ?, ?, 'queued', 'waiting for a runner', ?, ?, ?)",
-                       (job_id, model_id, str(slide), slide_name, json.dumps(options), now, now, sample_id))
+                       "sample_id, client) VALUES (?, ?, ?, ?, ?, 'queued', 'waiting for a runner', ?, ?, ?, ?)",
+                       (job_id, model_id, str(slide), slide_name, json.dumps(options), now, now, sample_id, client))
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict:

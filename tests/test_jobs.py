@@ -316,3 +316,27 @@ def test_a_checkpoint_keeps_findings_exactly_and_ignores_what_is_not_its_own(tmp
     checkpoint.add(5, grid, 2.0)
     assert sorted(checkpoint.load()) == [0, 3, 5]
     assert BlockCheckpoint(checkpoint.path, "plan B").load() == {}  # other weights, grid or options
+
+
+def test_one_client_may_have_only_its_share_of_unfinished_jobs(app, tmp_path, slides):
+    from core.jobs import TooManyJobs
+
+    model = app.extensions["mmax_registry"].get_ready("metastasis")
+    store = JobStore(tmp_path / "data", max_queued=20, max_per_client=2)
+    options = {"mpp": 0.0, "threshold": 0.5, "tissue_only": True}
+    for _ in range(2):
+        store.submit(model, options, slide_path="section.tif", slide_root=slides, client="address:10.0.0.1")
+    with pytest.raises(TooManyJobs, match="limit per client is 2"):
+        store.submit(model, options, slide_path="section.tif", slide_root=slides, client="address:10.0.0.1")
+    other = store.submit(model, options, slide_path="section.tif", slide_root=slides, client="address:10.0.0.2")
+    assert other["status"] == "queued"
+    ended = next(job["id"] for job in store.recent() if job["client"] == "address:10.0.0.1")
+    store.cancel(ended)  # one of the first client's jobs ends: it may submit again
+    store.submit(model, options, slide_path="section.tif", slide_root=slides, client="address:10.0.0.1")
+
+    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "api", max_jobs_per_client=0)
+                      ).test_client()
+    response = submit(client, slide=(io.BytesIO((slides / "section.tif").read_bytes()), "section.tif"))
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+    assert "MMAX_MAX_JOBS_PER_CLIENT" in response.get_json()["message"]
+    assert not any((tmp_path / "api" / "jobs").iterdir())
