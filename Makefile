@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test bench domain-statistics loadtest train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
+.PHONY: run dev test bench domain-statistics loadtest soak recalibrate-mitosis train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
 
 $(BIN)/activate: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a M
 loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
 	$(BIN)/python -m bench.loadtest
 
+soak: $(BIN)/activate  ## 3 minutes of mixed hostile load (largest uploads, noise, bad options, slow clients) against gunicorn: no failures, probes within 1 s, memory within 8 GB (bench/soak.json)
+	$(BIN)/python -m bench.soak
+
 train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data (leave-cells-out cross-validation)
 	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --epochs 40 --cross-validate
 
@@ -45,6 +48,9 @@ train-protein: $(BIN)/activate  ## reproduce assets/protein (nested cross-valida
 
 train-mitosis: $(BIN)/activate  ## reproduce assets/mitosis (AMi-Br crops; test = one fold of slides)
 	$(BIN)/python -m core.training mitosis --data $(DATA)/mitosis --weights $(WEIGHTS) --mode ft --epochs 20 --patience 5
+
+recalibrate-mitosis: $(BIN)/activate  ## choose the shipped mitosis weights' threshold and TTA cut-off again on the validation slides, and measure them again on the test slides
+	$(BIN)/python -m core.training.recalibrate mitosis --data $(DATA)/mitosis
 
 mitosis-bench: $(BIN)/activate  ## 2,000x2,000 fields: detector vs dense sliding window (bench/mitosis_field.json)
 	$(BIN)/python -m bench.mitosis_field --data $(DATA)/mitosis

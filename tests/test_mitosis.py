@@ -135,6 +135,30 @@ def test_views_are_averaged_only_for_windows_that_may_be_mitoses(app, monkeypatc
     assert np.allclose(model.run_network(batch), plain, atol=1e-5)
 
 
+def test_the_tta_cut_off_is_the_highest_that_keeps_validation_f1_at_every_threshold(monkeypatch, tmp_path):
+    """calibrate's rule on made-up validation F1s: averaging views only above 0.3 loses 0.001 at most
+    (kept), above 0.4 it loses 0.01 at threshold 0.5 (not kept, though F1 at 0.9 is unchanged); the
+    threshold is the best of the table served with the chosen cut-off."""
+    import core.models.mitosis_training as training
+
+    model = MitosisModel(read_spec(SPEC.directory))
+    recipe = MitosisTraining(model)
+    loss_at_half = {0.0: 0.0, 0.02: 0.0, 0.05: 0.0, 0.1: 0.0, 0.2: 0.0005, 0.3: 0.001, 0.4: 0.01, 0.5: 0.02}
+
+    def on_mosaics(chosen, images, threshold):
+        cut = model.spec.meta["inference"]["tta_above"]
+        table = {str(t): 0.7 + t / 5 for t in training.THRESHOLDS}
+        table["0.5"] -= loss_at_half[cut]
+        return {"by_threshold": table}
+
+    monkeypatch.setattr(training, "crops", lambda data_dir: iter(()))
+    monkeypatch.setattr(recipe, "on_mosaics", on_mosaics)
+    chosen = recipe.calibrate(tmp_path, set())
+    assert chosen["inference"]["tta_above"] == model.spec.meta["inference"]["tta_above"] == 0.3
+    assert chosen["inference"]["validation_f1_loss_by_tta_above"]["0.4"] == 0.01
+    assert chosen["defaults"]["threshold"] == 0.9
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"mpp": "-1"}, "between"), ({"threshold": "2"}, "between"), ({"format": "svg"}, "one of"),
     ({"mpp": "nan"}, "number"),

@@ -185,7 +185,8 @@ class MitosisModel(MicroscopyModel, SlideModel):
     def run_network(self, batch: np.ndarray) -> np.ndarray:
         """Every window once; the 8-view average (model.json ``inference.tta``) only for windows whose single
         view gives at least ``inference.tta_above`` mitosis probability. Most candidates are plainly not
-        mitoses: on the early-stopping slides 18 % of them reached 0.05, and F1 was that of averaging all."""
+        mitoses; the training command chooses the cut-off on the validation slides (the highest that keeps
+        their F1 with every window averaged: model.json ``inference.validation_f1_by_tta_above``)."""
         tta_above = self.spec.meta.get("inference", {}).get("tta_above")
         if not self.uses_tta or tta_above is None or not len(batch):
             return super().run_network(batch)
