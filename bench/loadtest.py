@@ -8,18 +8,15 @@ measured and exits 1 on a failure. ``--requests`` and ``--clients`` change the l
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
 
-from bench.serving import LOG, children, free_port, rss_mb, sample_request, wait_ready
-from config import ROOT
+from bench.serving import children, gunicorn_server, rss_mb, sample_request
 
 MODELS = ("leukocyte", "metastasis")  # requests alternate between them
 WARM_UP = 200
@@ -30,23 +27,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MMAX_HOST": "127.0.0.1", "MMAX_PORT": str(port),
-           "MMAX_DATA_DIR": str(ROOT / ".cache" / "loadtest-data")}
-    LOG.parent.mkdir(parents=True, exist_ok=True)
-    with LOG.open("ab") as log:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "app:create_app()"], cwd=ROOT,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            return run(base, server, args.requests, args.clients)
-        finally:
-            server.terminate()
-            server.wait(30)
+    with gunicorn_server("loadtest-data") as (base, server):
+        return run(base, server, args.requests, args.clients)
 
 
 def run(base: str, server: subprocess.Popen, total: int, clients: int) -> int:
-    print(f"ready in {wait_ready(base, server):.1f} s", flush=True)
     bodies = {model: sample_request(model) for model in MODELS}
     statuses: dict[int, int] = {}
     lock = threading.Lock()

@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import requests
@@ -160,6 +162,26 @@ def load(base: str, model_id: str, body: bytes, clients: int, seconds: float) ->
     return {"rps": round(len(latencies) / wall, 2), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p95_ms": round(float(np.percentile(ms, 95)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "requests": len(latencies), "errors": errors[0]}
+
+
+@contextmanager
+def gunicorn_server(data_name: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """gunicorn as `make run` starts it (default settings), on a free loopback port, its log appended to LOG
+    and its jobs under .cache/<data_name>: (base URL, process) once it is ready."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MMAX_HOST": "127.0.0.1", "MMAX_PORT": str(port),
+           "MMAX_DATA_DIR": str(ROOT / ".cache" / data_name)}
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with LOG.open("ab") as log:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "app:create_app()"], cwd=ROOT,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            print(f"ready in {wait_ready(base, server):.1f} s", flush=True)
+            yield base, server
+        finally:
+            server.terminate()
+            server.wait(30)
 
 
 def serve_and_measure(command: list[str], env: dict, seconds: float) -> dict:

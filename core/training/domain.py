@@ -8,14 +8,12 @@ recorded in model.json.
 """
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from config import ROOT
+from core.training.shipped import arguments, shipped_model
 from core.assets import sha256_of, write_meta
 from core.domain import DomainStatistics, embedding_of, recording
 from core.model_base import MicroscopyModel
@@ -97,25 +95,15 @@ def from_split(model: MicroscopyModel, x: np.ndarray, groups: np.ndarray, split:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m core.training.domain", description=__doc__)
-    parser.add_argument("model_id")
-    parser.add_argument("--data", type=Path, required=True, help="the model's training data folder")
-    parser.add_argument("--assets", type=Path, default=ROOT / "assets")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "training")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+    args = arguments("python -m core.training.domain", __doc__, argv)
     import keras
 
-    from core.assets import read_spec, verify_weights
-    from core.registry import model_class
-    from core.training.recipe import recipe_for
+    from core.assets import verify_weights
 
-    spec = read_spec(args.assets / args.model_id)
-    model = model_class(args.model_id)(spec)
+    spec, model, recipe = shipped_model(args)
     verify_weights(spec)  # the statistics belong to these weights; their own file is about to be replaced
     model.use_network(keras.saving.load_model(spec.weights_path, compile=False))
-    statistics, section = recipe_for(model).domain_statistics(args.data, args.cache_dir,
+    statistics, section = recipe.domain_statistics(args.data, args.cache_dir,
                                                               spec.meta.get("training", {}).get("settings", {}))
     spec.meta["domain"] = write(spec.directory, statistics, section)
     write_meta(spec.directory, spec.meta)

@@ -9,35 +9,20 @@ weights are not touched; model.json records the run under ``training.recalibrate
 """
 from __future__ import annotations
 
-import argparse
-import os
 import shlex
 import sys
 from datetime import date
-from pathlib import Path
 
-from config import ROOT
+from core.training.shipped import arguments, shipped_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m core.training.recalibrate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_id")
-    parser.add_argument("--data", type=Path, required=True, help="the model's training data folder")
-    parser.add_argument("--assets", type=Path, default=ROOT / "assets")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "training")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = arguments("python -m core.training.recalibrate", __doc__, argv)
+    from core.assets import write_meta
 
-    from core.assets import read_spec, write_meta
-    from core.registry import model_class
-    from core.training.recipe import recipe_for
-
-    spec = read_spec(args.assets / args.model_id)
-    model = model_class(args.model_id)(spec)
+    spec, model, recipe = shipped_model(args)
     model.configure(domain_check=False)  # measured as trained; the domain check does not change answers
     model.load()  # checks every shipped file's sha256
-    recipe = recipe_for(model)
     arrays, split = recipe.recorded_split(args.data, args.cache_dir, spec.meta.get("training", {}).get("settings", {}))
     groups = {name: set(arrays.groups[index].tolist()) for name, index in split.items()}
     chosen = recipe.calibrate(args.data, groups["val"]) or {}

@@ -1,0 +1,33 @@
+"""Commands that work on a model's shipped weights rather than train new ones (the domain statistics,
+recalibration): their common arguments and the model with its training recipe."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from config import ROOT
+
+
+def arguments(prog: str, description: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """model_id, --data, --assets and --cache-dir, parsed from ``argv``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_id")
+    parser.add_argument("--data", type=Path, required=True, help="the model's training data folder")
+    parser.add_argument("--assets", type=Path, default=ROOT / "assets")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "training")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return args
+
+
+def shipped_model(args: argparse.Namespace):
+    """(spec, model, recipe) of ``args.model_id`` in ``args.assets``; the model has no network loaded yet."""
+    from core.assets import read_spec
+    from core.registry import model_class
+    from core.training.recipe import recipe_for
+
+    spec = read_spec(args.assets / args.model_id)
+    model = model_class(args.model_id)(spec)
+    return spec, model, recipe_for(model)
