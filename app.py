@@ -21,6 +21,7 @@ def create_app(config: Config | None = None) -> Flask:
     from api import build_api
     from api.admission import Admission
     from api.metrics import observe_batch, observe_queue_wait, observe_rejection
+    from core import memory
     from core.jobs import JobRunner, JobStore
     from core.registry import ModelRegistry
 
@@ -44,6 +45,7 @@ def create_app(config: Config | None = None) -> Flask:
 
         CORS(app)
     build_api(app, registry, jobs)
+    app.teardown_request(lambda error: memory.release_if_grown())  # large requests' memory goes back
     registry.start_loading()
     jobs.start()
     return app

@@ -4,6 +4,9 @@ import shutil
 import tempfile
 
 from config import Config
+from core import memory
+
+memory.limit_arenas()  # in the master, so every worker forked from it has few arenas too (core/memory.py)
 
 _config = Config.from_env()
 bind = f"{_config.host}:{_config.port}"

@@ -44,7 +44,7 @@ def uploads() -> dict[str, tuple[str, dict, dict]]:
     noise = encoded(Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)))
     crowded = [(x, y, 30) for x in range(200, 8000, 400) for y in range(200, 8000, 400)]
     large_smear = encoded(smear((8000, 8000), leukocytes=crowded), "JPEG", quality=90)
-    field = encoded(section((4096, 4096)), "JPEG", quality=90)
+    field = encoded(Image.fromarray(section((4096, 4096))), "JPEG", quality=90)
     protein = {name: ("c.png", encoded(Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8))))
                for name in ("red", "green", "blue", "yellow")}
     return {

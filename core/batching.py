@@ -21,7 +21,7 @@ Forward = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class _Request:
-    inputs: np.ndarray
+    inputs: np.ndarray | None  # let go of once served
     queued: float = field(default_factory=time.monotonic)
     taken: float | None = None  # when the batcher took it into a forward pass
     done: threading.Event = field(default_factory=threading.Event)
@@ -90,21 +90,26 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         while True:
-            taken = self._collect()
-            now = time.monotonic()
+            self._serve(self._collect())
+
+    def _serve(self, taken: list[_Request]) -> None:
+        """One shared forward pass. A method of its own so that nothing of it (a batch may be a view of a
+        request's whole array) stays referenced while the loop waits for the next request."""
+        now = time.monotonic()
+        for request in taken:
+            request.taken = now
+        try:
+            batch = np.concatenate([request.inputs for request in taken]) if len(taken) > 1 else taken[0].inputs
+            outputs = self.forward(batch)
+            if self.on_batch:
+                self.on_batch(len(batch), len(taken))
+            start = 0
             for request in taken:
-                request.taken = now
-            try:
-                batch = np.concatenate([request.inputs for request in taken]) if len(taken) > 1 else taken[0].inputs
-                outputs = self.forward(batch)
-                if self.on_batch:
-                    self.on_batch(len(batch), len(taken))
-                start = 0
-                for request in taken:
-                    request.output = outputs[start:start + len(request.inputs)]
-                    start += len(request.inputs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the callers, who raise it
-                for request in taken:
-                    request.error = exc
+                request.output = outputs[start:start + len(request.inputs)]
+                start += len(request.inputs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers, who raise it
             for request in taken:
-                request.done.set()
+                request.error = exc
+        for request in taken:
+            request.inputs = None  # the caller keeps its own array; the batcher lets go of it now
+            request.done.set()

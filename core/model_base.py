@@ -213,11 +213,10 @@ class MicroscopyModel(ABC):
         if len(batch) == 0:
             return np.zeros((0,) + tuple(self.network.output_shape[1:]), dtype=np.float32)
         step = self.batch_size * (8 if self.uses_tta else 1)  # bounds the memory of one forward pass
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
         outputs = []
-        for start in range(0, len(batch), step):
+        for start in range(0, len(batch), step):  # float32 one step at a time: windows may come as uint8
             deadline.check()
-            outputs.append(self._forward(batch[start:start + step]))
+            outputs.append(self._forward(np.ascontiguousarray(batch[start:start + step], dtype=np.float32)))
         output = np.concatenate(outputs)
         if output.shape[-1] > self._classes:
             domain.record(output[:, self._classes:])

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+from core import memory
 from core.assets import ModelSpec, discover, read_spec
 from core.errors import AssetError, ModelNotFound, ModelNotReady
 from core.model_base import MicroscopyModel
@@ -60,6 +61,7 @@ class ModelRegistry:
                 continue
             self.state[model_id] = READY
             log.info("model %s ready in %.1f s", model_id, time.perf_counter() - started)
+        memory.mark_ready()
 
     def start_loading(self) -> None:
         """Load and warm every model in a background thread, so liveness answers while it runs."""

@@ -163,3 +163,24 @@ def test_a_request_over_its_time_budget_stops_with_a_503_and_the_next_is_served(
     assert region.status_code == 503  # stopped between blocks of the region's grid
     assert slow.get("/health/live").status_code == 200
     assert post(make_app(config_with()).test_client(), files={"image": encode(smear())}).status_code == 200
+
+
+def test_a_large_request_leaves_none_of_its_arrays_behind(client):
+    """After a smear with 100 leukocytes (8 views each: 250 MB as one float32 stack) nothing of it stays
+    referenced: the micro-batcher used to keep the last request's whole array until the next request came."""
+    import tracemalloc
+
+    crowded = encode(smear((2000, 2000), leukocytes=[(x, y, 30) for x in range(100, 2000, 200)
+                                                      for y in range(100, 2000, 200)]))
+    post(client, files={"image": crowded})  # warm: first-call caches are not what this is about
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        response = post(client, files={"image": crowded})
+        assert response.status_code == 200 and len(response.get_json()["predictions"]) == 100
+        del response
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept - before < 20 * 2**20, f"{(kept - before) / 2**20:.0f} MB still referenced"
+    assert peak - before < 200 * 2**20, f"peak {(peak - before) / 2**20:.0f} MB"  # chunks, not one stack

@@ -55,6 +55,19 @@ def test_dihedral_mean_of_an_orientation_blind_function_is_unchanged():
     assert np.allclose(dihedral_mean(total, batch), total(batch))
 
 
+def test_dihedral_mean_in_chunks_is_the_mean_of_the_whole_and_never_stacks_more_than_a_chunk():
+    batch = np.random.default_rng(0).random((11, 6, 6, 3)).astype(np.float32)
+    seen = []
+
+    def corner(x):  # orientation-dependent: each view gives a different value
+        seen.append(len(x))
+        return x[:, :1, :1, :].reshape(len(x), 3)
+
+    whole = dihedral_mean(corner, batch, chunk=100)
+    assert np.allclose(dihedral_mean(corner, batch, chunk=4), whole) and max(seen[1:]) == 8 * 4
+    assert np.allclose(whole, np.mean([v[:, 0, 0, :] for v in dihedral_views(batch)], axis=0))
+
+
 def test_split_never_puts_one_group_in_two_parts():
     rng = np.random.default_rng(0)
     groups = np.array([f"{label}/{cell}" for label in range(4) for cell in range(12) for _ in range(3)])
