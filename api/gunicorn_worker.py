@@ -5,6 +5,8 @@
   as it likes, and four such clients stop the service. Here the worker's event loop reads each request (its
   headers, and its body up to ``MMAX_MAX_UPLOAD_BYTES``) without blocking, and only a complete request gets a
   thread. A request not complete within ``MMAX_UPLOAD_TIMEOUT_S`` is answered 408 and closed.
+- **gunicorn's own errors are JSON.** A request gunicorn refuses before the application sees it (a malformed
+  request line, headers over its limits: 400, 431) gets the service's JSON error instead of an HTML page.
 - **The probes have threads of their own.** A liveness or readiness probe queued behind busy request threads
   would time out and get a healthy server restarted: ``/health/…``, ``/v2/health/…`` and ``/metrics`` go to
   a small pool of their own.
@@ -22,6 +24,7 @@ from concurrent import futures
 from functools import partial
 from typing import Any
 
+from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from config import Config
@@ -86,8 +89,17 @@ def request_complete(head_and_body: bytes | bytearray, body_max: int) -> tuple[b
     return body >= length or length > body_max, expects and body == 0
 
 
+def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """gunicorn's ``util.write_error`` (an HTML page), as the service's JSON error (api/errors.py)."""
+    text = f"{reason}: {message}" if message else reason
+    body = json.dumps({"status": "error", "message": text if len(text) <= 200 else text[:199] + "…"}).encode()
+    util.write_nonblock(sock, f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json"
+                              f"\r\nContent-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+
+
 class ServiceWorker(ThreadWorker):
     def init_process(self) -> None:
+        util.write_error = write_json_error  # the one writer of gunicorn's error answers, in this worker process
         config = Config.from_env()
         self.upload_timeout_s, self.body_max = config.upload_timeout_s, config.max_upload_bytes
         self.probe_pool = futures.ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="probe")

@@ -1,6 +1,7 @@
 """The production command (gunicorn with gunicorn.conf.py) serves, over a real socket on loopback."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -157,7 +158,7 @@ def test_slow_clients_hold_no_request_thread(tmp_path: Path):
     """One request thread, four clients sending their uploads a few bytes at a time: other clients' requests
     and the probes are answered at once, and each slow upload is answered 200 when it has arrived. A client
     that waits for 100 Continue gets it once; one that never finishes gets a JSON 408 after
-    MMAX_UPLOAD_TIMEOUT_S."""
+    MMAX_UPLOAD_TIMEOUT_S; requests gunicorn itself refuses get JSON too."""
     server, base = start_gunicorn(tmp_path, workers=1, threads="1", models="leukocyte", upload_timeout_s="6")
     port = int(base.rsplit(":", 1)[1])
     head, body = multipart(encode(smear()))
@@ -202,6 +203,17 @@ def test_slow_clients_hold_no_request_thread(tmp_path: Path):
         stalled.close()
         assert answer.startswith(b"HTTP/1.1 408") and b"MMAX_UPLOAD_TIMEOUT_S" in answer, answer[:300]
         assert 5 < time.monotonic() - started < 15
+
+        for raw, status in ((b"GARBAGE\r\n\r\n", b"400"),  # gunicorn refuses these itself: JSON, not HTML
+                            (b"GET /health/live HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
+                             + b"\r\n", b"431")):
+            refused = socket.create_connection(("127.0.0.1", port))
+            refused.sendall(raw)
+            answer = read_all(refused)
+            refused.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 " + status) and b"Content-Type: application/json" in head, answer[:300]
+            assert json.loads(body)["status"] == "error"
         assert requests.get(f"{base}/health/live", timeout=5).status_code == 200
     finally:
         for sock in slow:
