@@ -37,6 +37,8 @@ def create_app(config: Config | None = None) -> Flask:
                         partial(observe_queue_wait, model_id))
     app.extensions["mmax_registry"] = registry
     app.extensions["mmax_admission"] = Admission(config.queue_max, observe_rejection)
+    app.extensions["mmax_memory"] = memory.MemoryBudget(config.request_memory_mb * 2**20,
+                                                         config.worker_memory_mb * 2**20)
     jobs = JobRunner(JobStore(config.data_dir, config.max_queued_jobs, config.max_jobs_per_client), registry, config.job_stale_s,
                      config.job_attempts)
     app.extensions["mmax_jobs"] = jobs

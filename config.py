@@ -56,6 +56,10 @@ class Config:
     batch_wait_ms: int = 2
     # Back-pressure: requests admitted per model at once; beyond, a fast 503 with Retry-After.
     queue_max: int = 16
+    # Memory one predict request may plan to use (estimated before its work: core/memory.py), and what the
+    # requests of one worker may use together (a request waits for its share, within its time budget).
+    request_memory_mb: int = 3072
+    worker_memory_mb: int = 5120
     # Time budget of one predict request, checked between chunks of its work (0: none); jobs have none.
     request_timeout_s: float = 60
     # Whole-slide jobs: the SQLite queue and job folders live in data_dir; a job may name a slide by a
@@ -95,6 +99,8 @@ class Config:
             batch_wait_ms=_env_int("BATCH_WAIT_MS", 2),
             queue_max=_env_int("QUEUE_MAX", 16),
             request_timeout_s=_env_int("REQUEST_TIMEOUT_S", 60),
+            request_memory_mb=_env_int("REQUEST_MEMORY_MB", 3072),
+            worker_memory_mb=_env_int("WORKER_MEMORY_MB", 5120),
             data_dir=Path(_env("DATA_DIR", str(ROOT / "var"))),
             slide_root=Path(_env("SLIDE_ROOT", "")) if _env("SLIDE_ROOT", "") else None,
             max_slide_bytes=_env_int("MAX_SLIDE_BYTES", 8 * 1024**3),

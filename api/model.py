@@ -63,8 +63,8 @@ def predict(registry: ModelRegistry, model_id: str):
 
 def analyse(registry: ModelRegistry, model_id: str, uploads: dict[str, bytes], options: dict[str, Any]
             ) -> tuple[MicroscopyModel, Any, dict[str, Any]]:
-    """(model, decoded inputs, result) of one analysis: admitted, within the request's time budget and the
-    pixel limit, on the shared batcher. Every protocol's predict call runs through here."""
+    """(model, decoded inputs, result) of one analysis: admitted, within the request's time budget, the pixel
+    limit and the memory budget (core.memory), on the shared batcher. Every protocol's predict call runs through here."""
     model = registry.get_ready(model_id)
     config = current_app.config["MMAX"]
     with current_app.extensions["mmax_admission"].admit(model_id), model.serving(), \
@@ -75,9 +75,11 @@ def analyse(registry: ModelRegistry, model_id: str, uploads: dict[str, bytes], o
         if working > limit:  # only a resize option takes a decoded upload past the limit
             raise ImageTooLarge(f"with scale={options.get('scale', 1.0):g} the image becomes {working:,} pixels; the "
                                 f"limit is {limit:,}")
-        started = time.perf_counter()
-        result = model.answer(inputs, options)
-        observe_inference(model_id, time.perf_counter() - started)
+        with current_app.extensions["mmax_memory"].reserve(model.memory_need(working),
+                                                           f"this {working:,}-pixel image"):
+            started = time.perf_counter()
+            result = model.answer(inputs, options)
+            observe_inference(model_id, time.perf_counter() - started)
     return model, inputs, result
 
 

@@ -34,3 +34,9 @@ def check() -> None:
     if current is not None and time.monotonic() > current[0]:
         raise OverBudget(f"the request needed more than its {current[1]:g} s (setting MMAX_REQUEST_TIMEOUT_S); send a "
                          f"smaller image, or a whole slide as a job")
+
+
+def remaining() -> float | None:
+    """Seconds left of the request's budget (None: no budget)."""
+    current = _deadline.get()
+    return None if current is None else max(0.0, current[0] - time.monotonic())

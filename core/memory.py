@@ -1,4 +1,10 @@
-"""Memory a worker hands back to the system after large requests.
+"""Memory: what a request may plan to use, what a worker's requests may use together, and what a worker hands
+back to the system after large requests.
+
+A request's need is estimated before its work starts, from the pixels it will hold and the model's measured
+peak bytes per pixel (model.json ``inference.memory_bytes_per_pixel``, measured by ``bench/request_memory.py``):
+over ``MMAX_REQUEST_MEMORY_MB`` it is refused (413, saying what fits); otherwise it reserves its need in the
+worker's ``MMAX_WORKER_MEMORY_MB`` and waits, within its time budget, while others hold it (then 503).
 
 glibc keeps the heap pages a request freed for later use, and with many threads it keeps them in one arena
 per thread: after a few 8000² uploads a worker stayed at 3.3 GB with nothing in flight (0.9 GB when ready;
@@ -12,6 +18,12 @@ import ctypes.util
 import logging
 import os
 import resource
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from core import deadline
+from core.errors import ClientError, ImageTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +76,37 @@ def release_if_grown() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+class MemoryBusy(ClientError):
+    status = 503
+    retry_after_s = 2
+
+
+class MemoryBudget:
+    """The bytes a worker's requests may hold at once (estimated), shared by its request threads."""
+
+    def __init__(self, request_bytes: int, worker_bytes: int):
+        self.request_bytes, self.worker_bytes = request_bytes, max(request_bytes, worker_bytes)
+        self.held = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, need: int, what: str) -> Iterator[None]:
+        """Hold ``need`` bytes while the block runs: refused over the per-request budget, waited for (within
+        the request's time budget) while other requests hold the worker's."""
+        if need > self.request_bytes:
+            raise ImageTooLarge(f"{what} would need about {need / 2**20:,.0f} MB; the limit per request is "
+                                f"{self.request_bytes / 2**20:,.0f} MB (setting MMAX_REQUEST_MEMORY_MB): send "
+                                f"{self.request_bytes / need:.0%} of the pixels or fewer, or a whole slide as a job")
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.held + need <= self.worker_bytes, deadline.remaining()):
+                raise MemoryBusy("the requests in progress hold this worker's memory (setting "
+                                 "MMAX_WORKER_MEMORY_MB); retry in a moment")
+            self.held += need
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= need
+                self._changed.notify_all()

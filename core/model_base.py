@@ -24,6 +24,8 @@ from core.options import Option
 from core.output_spec import OutputSpec
 from core.tta import dihedral_mean
 
+#: a request's peak bytes per pixel it holds, for a model whose own figure was not measured (bench/request_memory.py)
+DEFAULT_BYTES_PER_PIXEL = 32
 FORMAT_HELP = {"json": "predictions", "png": "the image with the predictions drawn",
                "geojson": "the predictions as a GeoJSON FeatureCollection (QuPath imports it)",
                "json_with_png": "the JSON answer with the picture in it (overlay_png, a PNG data URL; and geojson "
@@ -149,6 +151,12 @@ class MicroscopyModel(ABC):
         width, height = inputs.size
         factor = options.get("scale", 1.0)
         return max(1, round(width * factor)) * max(1, round(height * factor))
+
+    def memory_need(self, working_pixels: int) -> int:
+        """Bytes a request holding ``working_pixels`` reaches at its peak, beyond the decoded upload: the
+        model's measured bytes per pixel (model.json ``inference.memory_bytes_per_pixel``), else DEFAULT."""
+        per_pixel = self.spec.meta.get("inference", {}).get("memory_bytes_per_pixel", DEFAULT_BYTES_PER_PIXEL)
+        return round(working_pixels * per_pixel)
 
     def answer(self, inputs: Any, options: dict[str, Any]) -> dict[str, Any]:
         """:meth:`predict`'s result with ``domain``: how typical the upload is of the training data (see

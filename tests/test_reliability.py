@@ -184,3 +184,43 @@ def test_a_large_request_leaves_none_of_its_arrays_behind(client):
         tracemalloc.stop()
     assert kept - before < 20 * 2**20, f"{(kept - before) / 2**20:.0f} MB still referenced"
     assert peak - before < 200 * 2**20, f"peak {(peak - before) / 2**20:.0f} MB"  # chunks, not one stack
+
+
+def test_the_memory_budget_refuses_what_cannot_fit_and_queues_what_must_wait():
+    import threading
+    import time
+
+    import pytest
+
+    from core import deadline
+    from core.errors import ImageTooLarge
+    from core.memory import MemoryBudget, MemoryBusy
+
+    budget = MemoryBudget(request_bytes=100, worker_bytes=150)
+    with pytest.raises(ImageTooLarge, match="MMAX_REQUEST_MEMORY_MB"):
+        with budget.reserve(101, "this image"):
+            pass
+    order = []
+    with budget.reserve(100, "the first"):
+        def second():
+            with budget.reserve(60, "the second"):  # 160 > 150: waits for the first
+                order.append("second")
+
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        time.sleep(0.2)
+        order.append("first done")
+        with deadline.budget(0.2), pytest.raises(MemoryBusy, match="MMAX_WORKER_MEMORY_MB"):
+            with budget.reserve(60, "a third, with its time budget"):
+                pass
+    waiting.join(timeout=5)
+    assert order == ["first done", "second"] and budget.held == 0
+
+
+def test_a_request_over_its_memory_budget_is_a_413_that_says_so():
+    client = make_app(config_with(models=("leukocyte",), request_memory_mb=1)).test_client()
+    response = post(client, files={"image": encode(smear())})  # 320x240 px at the model's bytes per pixel: > 1 MB
+    assert response.status_code == 413
+    assert "MMAX_REQUEST_MEMORY_MB" in response.get_json()["message"]
+    small = post(client, files={"image": encode(smear((160, 120), leukocytes=((80, 60, 30),)))})
+    assert small.status_code == 200  # 19,200 px: within 1 MB
