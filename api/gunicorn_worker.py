@@ -5,6 +5,9 @@
   as it likes, and four such clients stop the service. Here the worker's event loop reads each request (its
   headers, and its body up to ``MMAX_MAX_UPLOAD_BYTES``) without blocking, and only a complete request gets a
   thread. A request not complete within ``MMAX_UPLOAD_TIMEOUT_S`` is answered 408 and closed.
+- **A request's time budget counts from its arrival.** The time a complete request waited for a free thread
+  is part of it (WSGI environ ``mmax.received_at``), so a client is not kept past ``MMAX_REQUEST_TIMEOUT_S``
+  by the requests ahead of it.
 - **gunicorn's own errors are JSON.** A request gunicorn refuses before the application sees it (a malformed
   request line, headers over its limits: 400, 431) gets the service's JSON error instead of an HTML page.
 - **The probes have threads of their own.** A liveness or readiness probe queued behind busy request threads
@@ -19,6 +22,7 @@ import errno
 import json
 import selectors
 import socket
+import threading
 import time
 from concurrent import futures
 from functools import partial
@@ -37,6 +41,8 @@ HEAD_MAX_BYTES = 64 * 1024
 #: request bytes one worker holds for clients still sending; beyond, a request thread reads the rest itself
 BUFFERED_MAX_BYTES = 256 * 1024 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: WSGI environ key: time.monotonic() when the whole request had arrived (api/model.py counts its budget from it)
+RECEIVED_AT = "mmax.received_at"
 
 
 class BufferedSocket:
@@ -163,7 +169,23 @@ class ServiceWorker(ThreadWorker):
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
         return False
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.arrivals = arrivals = threading.local()
+        application = self.wsgi
+
+        def stamped(environ, start_response):
+            environ[RECEIVED_AT] = getattr(arrivals, "at", None) or time.monotonic()
+            return application(environ, start_response)
+
+        self.wsgi = stamped
+
+    def handle(self, conn):
+        self.arrivals.at = getattr(conn, "received_at", None)  # this thread's request, for the application
+        return super().handle(conn)
+
     def enqueue_req(self, conn) -> None:
+        conn.received_at = time.monotonic()
         sock = conn.sock
         head = sock.pending if isinstance(sock, BufferedSocket) else peek(sock)
         pool = self.probe_pool if bytes(head[:32]).startswith(PROBE_REQUESTS) else self.tpool

@@ -12,11 +12,12 @@ import json
 import time
 from typing import Any
 
-from flask import current_app, send_file
+from flask import current_app, request, send_file
 from flask_restx import Namespace, Resource
 
 from api import schemas
 from api.forms import form_and_files, take_sample_id
+from api.gunicorn_worker import RECEIVED_AT
 from api.metrics import observe_inference
 from api.tracing import request_id
 from core import deadline
@@ -61,6 +62,18 @@ def predict(registry: ModelRegistry, model_id: str):
     return answer_document(model, inputs, result, sample_id)
 
 
+def time_left(budget_s: float) -> float:
+    """The request's time budget less what it waited for a thread since it arrived (api/gunicorn_worker.py);
+    a request that has already spent it is answered 503 at once rather than worked on."""
+    if not budget_s:
+        return 0  # no budget
+    waited = time.monotonic() - request.environ.get(RECEIVED_AT, time.monotonic())
+    if waited >= budget_s:
+        raise deadline.OverBudget(f"the request waited {waited:.0f} s for a free thread, past its {budget_s:g} s "
+                                  f"(setting MMAX_REQUEST_TIMEOUT_S): the server is busy, retry later")
+    return budget_s - waited
+
+
 def analyse(registry: ModelRegistry, model_id: str, uploads: dict[str, bytes], options: dict[str, Any]
             ) -> tuple[MicroscopyModel, Any, dict[str, Any]]:
     """(model, decoded inputs, result) of one analysis: admitted, within the request's time budget, the pixel
@@ -68,7 +81,7 @@ def analyse(registry: ModelRegistry, model_id: str, uploads: dict[str, bytes], o
     model = registry.get_ready(model_id)
     config = current_app.config["MMAX"]
     with current_app.extensions["mmax_admission"].admit(model_id), model.serving(), \
-            deadline.budget(config.request_timeout_s):
+            deadline.budget(time_left(config.request_timeout_s)):
         limit = config.max_image_pixels
         inputs = model.read_inputs(uploads, limit)
         working = model.working_pixels(inputs, options)

@@ -224,3 +224,20 @@ def test_a_request_over_its_memory_budget_is_a_413_that_says_so():
     assert "MMAX_REQUEST_MEMORY_MB" in response.get_json()["message"]
     small = post(client, files={"image": encode(smear((160, 120), leukocytes=((80, 60, 30),)))})
     assert small.status_code == 200  # 19,200 px: within 1 MB
+
+
+def test_a_request_that_waited_out_its_time_budget_for_a_thread_is_a_503_at_once(client):
+    """The budget counts from the request's arrival (the gunicorn worker stamps it): one that waited past it
+    behind other requests is answered 503 without being worked on; one that waited less gets the rest."""
+    import time
+
+    from api.gunicorn_worker import RECEIVED_AT
+
+    budget = TEST_CONFIG.request_timeout_s
+    late = client.post("/model/leukocyte/predict", data={"image": (io.BytesIO(encode(smear())), "c.png")},
+                       content_type="multipart/form-data",
+                       environ_base={RECEIVED_AT: time.monotonic() - budget - 1})
+    assert late.status_code == 503 and "waited" in late.get_json()["message"]
+    prompt = client.post("/model/leukocyte/predict", data={"image": (io.BytesIO(encode(smear())), "c.png")},
+                         content_type="multipart/form-data", environ_base={RECEIVED_AT: time.monotonic() - 1})
+    assert prompt.status_code == 200
