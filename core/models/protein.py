@@ -21,7 +21,7 @@ from skimage import feature, filters, measure, morphology, segmentation
 from core.errors import AssetError, ClientError, UnsupportedImage
 from core.imageio import decode_image, grey_to_unit, tiff_channels
 from core.input_spec import InputSpec
-from core import fonts
+from core import deadline, fonts
 from core.drawing import distinct_colours, inside, wrapped
 from core.model_base import MicroscopyModel
 from core.models.protein_features import FEATURE_NAMES, cell_features
@@ -153,6 +153,7 @@ class ProteinModel(MicroscopyModel):
         answered = np.isfinite(thresholds)
         predictions = []
         for number, (region, per_class) in enumerate(zip(regions, probabilities), 1):
+            deadline.check()  # each cell's mask costs a pass over the field: thousands in noise take long
             mask = cells == region.label
             if scale != 1.0:
                 mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))

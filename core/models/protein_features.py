@@ -12,6 +12,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import feature, measure, morphology
 
+from core import deadline
+
 RADIAL_BINS = 4     # cytoplasm from the nucleus's edge (0) to the cell's edge (1)
 EDGE_PX = 3         # width of the cell-edge and nuclear-rim bands at the 512-px field scale
 SPOT_RADIUS_PX = 3  # spots (vesicles, speckles, nucleoli) are up to about this radius
@@ -64,6 +66,7 @@ def cell_features(channels: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -
     background = float(np.median(green_all[cells == 0])) if (cells == 0).any() else float(green_all.min())
     rows = []
     for region in measure.regionprops(cells):
+        deadline.check()  # a noisy field can hold thousands of "cells": stop within the request's budget
         top, left, bottom, right = region.bbox
         top, left = max(top - 1, 0), max(left - 1, 0)
         bottom, right = min(bottom + 1, cells.shape[0]), min(right + 1, cells.shape[1])
