@@ -144,13 +144,12 @@ class ServiceWorker(ThreadWorker):
         still on its way (or the connection has been closed)."""
         buffered = conn.sock
         leftover = conn.parser is not None and conn.parser.unreader.buf.tell() > 0
+        ended = False  # the client has closed its side: nothing more will come
         try:
             while len(buffered.pending) <= self.body_max + HEAD_MAX_BYTES:
                 data = buffered.sock.recv(256 * 1024)
-                if not data:  # the client has gone: its request can never complete
-                    if not buffered.pending:
-                        self.drop(conn)
-                        return False
+                if not data:
+                    ended = True
                     break
                 buffered.pending += data
         except (BlockingIOError, InterruptedError):
@@ -161,6 +160,9 @@ class ServiceWorker(ThreadWorker):
         complete, expects = request_complete(buffered.pending, self.body_max)
         if complete or leftover or sum(len(c.sock.pending) for c in self.reading) > BUFFERED_MAX_BYTES:
             return True
+        if ended:  # gone before its request was whole: it can never be answered
+            self.drop(conn)
+            return False
         if expects and not buffered.continued:
             buffered.sock.send(CONTINUE)  # 25 bytes into an empty send buffer
             buffered.continued = True
@@ -196,12 +198,9 @@ class ServiceWorker(ThreadWorker):
         super().murder_keepalived()
         now = time.monotonic()
         for conn in [c for c, deadline in self.reading.items() if deadline < now]:
-            message = json.dumps({"status": "error", "message": f"the request did not arrive within "
-                                  f"{self.upload_timeout_s:g} s (setting MMAX_UPLOAD_TIMEOUT_S)"}).encode()
             try:
-                conn.sock.sock.send(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-                                    b"Connection: close\r\nContent-Length: " + str(len(message)).encode() +
-                                    b"\r\n\r\n" + message)
+                write_json_error(conn.sock.sock, 408, "Request Timeout", f"the request did not arrive within "
+                                 f"{self.upload_timeout_s:g} s (setting MMAX_UPLOAD_TIMEOUT_S)")
             except OSError:
                 pass
             self.drop(conn)

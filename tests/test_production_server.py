@@ -158,7 +158,7 @@ def test_slow_clients_hold_no_request_thread(tmp_path: Path):
     """One request thread, four clients sending their uploads a few bytes at a time: other clients' requests
     and the probes are answered at once, and each slow upload is answered 200 when it has arrived. A client
     that waits for 100 Continue gets it once; one that never finishes gets a JSON 408 after
-    MMAX_UPLOAD_TIMEOUT_S; requests gunicorn itself refuses get JSON too."""
+    MMAX_UPLOAD_TIMEOUT_S; one that leaves mid-request is dropped; requests gunicorn itself refuses get JSON."""
     server, base = start_gunicorn(tmp_path, workers=1, threads="1", models="leukocyte", upload_timeout_s="6")
     port = int(base.rsplit(":", 1)[1])
     head, body = multipart(encode(smear()))
@@ -203,6 +203,19 @@ def test_slow_clients_hold_no_request_thread(tmp_path: Path):
         stalled.close()
         assert answer.startswith(b"HTTP/1.1 408") and b"MMAX_UPLOAD_TIMEOUT_S" in answer, answer[:300]
         assert 5 < time.monotonic() - started < 15
+
+        worker = next(iter(worker_pids(server.pid)))
+
+        def cpu_seconds() -> float:
+            fields = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_seconds()
+        abandoned = socket.create_connection(("127.0.0.1", port))
+        abandoned.sendall(head + b"\r\n" + body[:10])  # and gone, mid-request: dropped, not read forever
+        abandoned.close()
+        time.sleep(3)
+        assert cpu_seconds() - before < 1.0  # it once spun a core on the closed socket until the upload timeout
 
         for raw, status in ((b"GARBAGE\r\n\r\n", b"400"),  # gunicorn refuses these itself: JSON, not HTML
                             (b"GET /health/live HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
