@@ -151,20 +151,25 @@ class ProteinModel(MicroscopyModel):
         thresholds = np.clip(self.thresholds * options["threshold_scale"], 0, 1)
         thresholds[~np.isfinite(self.thresholds)] = np.inf
         answered = np.isfinite(thresholds)
+        # The labels in the upload's frame, resized once: nearest-neighbour sampling picks the same source pixel
+        # whatever its value, so each cell's mask is the one its own mask resized would give.
+        labels = cells if scale == 1.0 else np.asarray(
+            Image.fromarray(cells.astype(np.int32)).resize((width, height), Image.Resampling.NEAREST))
+        boxes = ndi.find_objects(labels)  # per label, the slices round its pixels (None: it has none)
         predictions = []
         for number, (region, per_class) in enumerate(zip(regions, probabilities), 1):
-            deadline.check()  # each cell's mask costs a pass over the field: thousands in noise take long
-            mask = cells == region.label
-            if scale != 1.0:
-                mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
-            ys, xs = np.nonzero(mask)
+            deadline.check()  # each cell's RLE mask is field-sized: thousands of cells in noise take a while
+            box = boxes[region.label - 1] if region.label <= len(boxes) else None
+            mask = np.zeros(labels.shape, bool)
+            if box is not None:
+                mask[box] = labels[box] == region.label
             above = np.flatnonzero(per_class >= thresholds)
             ranked = above[np.argsort(-per_class[above])]
             top = int(np.argmax(np.where(answered, per_class, -1.0)))  # the best class it may answer
             predictions.append({
                 "cell_id": number,
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-                if len(xs) else [0, 0, 0, 0],
+                "bbox": [box[1].start, box[0].start, box[1].stop - box[1].start, box[0].stop - box[0].start]
+                if box is not None else [0, 0, 0, 0],
                 "mask": rle(mask),
                 "label": names[top], "probability": round(float(per_class[top]), 4),
                 "labels": [{"id": int(k), "label": names[k], "probability": round(float(per_class[k]), 4)}
