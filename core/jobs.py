@@ -129,7 +129,7 @@ class JobStore:
                client: str | None = None) -> dict:
         """Queue a slide for ``model`` (a SlideModel): an upload is kept in the job's folder, a path must lie
         under ``slide_root``; the slide is opened and checked now, so a bad one is refused, not failed later.
-        ``client`` (who submits: e.g. a hash of the API key) may have ``max_per_client`` unfinished jobs."""
+        ``client`` (who submits: api/jobs.py gives the address) may have ``max_per_client`` unfinished jobs."""
         from werkzeug.utils import secure_filename
 
         from core.wsi.slide import open_slide
