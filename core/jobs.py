@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
@@ -204,11 +205,19 @@ class JobStore:
         with closing(self._connect()) as db:
             return [dict(row) for row in db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
 
-    def claim(self, worker: str) -> dict | None:
-        """The oldest queued job, now running for ``worker``; None when the queue is empty."""
+    def claim(self, worker: str, models: Iterable[str] | None = None) -> dict | None:
+        """The oldest queued job, now running for ``worker``; None when the queue is empty. With ``models``,
+        only a job for one of them: a process that serves some models leaves the others' jobs to the
+        processes sharing the queue that serve them."""
+        wanted = None if models is None else sorted(models)
+        if wanted == []:
+            return None
+        only = "" if wanted is None else f" AND model IN ({', '.join('?' * len(wanted))})"
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")  # one writer at a time: no job is claimed twice
-            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created LIMIT 1").fetchone()
+            # B608 reviewed: the query text holds only placeholders; model ids are bound parameters.
+            query = f"SELECT id FROM jobs WHERE status = 'queued'{only} ORDER BY created LIMIT 1"  # nosec B608
+            row = db.execute(query, wanted or ()).fetchone()
             if row is None:
                 db.execute("COMMIT")
                 return None
@@ -289,7 +298,7 @@ class JobRunner:
         while True:
             try:
                 self.store.recover(self.stale_s, self.max_attempts)
-                job = self.store.claim(self.worker) if self.registry.settled else None
+                job = self.store.claim(self.worker, self.registry.ready_ids) if self.registry.settled else None
             except sqlite3.Error:
                 log.exception("job queue unavailable")
                 job = None

@@ -83,6 +83,11 @@ class ModelRegistry:
     def ready(self) -> bool:
         return all(state == READY for state in self.state.values())
 
+    @property
+    def ready_ids(self) -> list[str]:
+        """The models loaded and answering."""
+        return [model_id for model_id, state in self.state.items() if state == READY]
+
     def get(self, model_id: str) -> MicroscopyModel:
         if model_id not in self.models:
             raise ModelNotFound(f"unknown model '{model_id}'; available: {', '.join(self.models) or 'none'}")

@@ -26,7 +26,9 @@ TEST_CONFIG = Config(max_upload_bytes=2_000_000, max_image_pixels=4_000_000,
 
 
 def config_with(**changes) -> Config:
-    """The test settings with some changed, e.g. ``config_with(assets_dir=tmp)``."""
+    """The test settings with some changed, e.g. ``config_with(assets_dir=tmp)``; a job folder of its own
+    unless one is given, so its job runner never takes the session app's jobs."""
+    changes.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="mmax-tests-")))
     return replace(TEST_CONFIG, **changes)
 
 

@@ -340,3 +340,18 @@ def test_one_client_may_have_only_its_share_of_unfinished_jobs(app, tmp_path, sl
     assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
     assert "MMAX_MAX_JOBS_PER_CLIENT" in response.get_json()["message"]
     assert not any((tmp_path / "api" / "jobs").iterdir())
+
+
+def test_a_runner_claims_only_jobs_of_the_models_it_serves(tmp_path, slides):
+    """Processes sharing one queue may serve different models: each takes only the jobs it can run."""
+    store = JobStore(tmp_path / "data")
+    other, ours = store.new_id(), store.new_id()
+    store.create(other, "mitosis", slides / "section.tif", "section.tif", {})
+    store.create(ours, "metastasis", slides / "section.tif", "section.tif", {})
+    assert store.claim("test", models=[]) is None
+    assert store.claim("test", models=["metastasis"])["id"] == ours
+    assert store.claim("test", models=["metastasis"]) is None  # the mitosis job waits for a mitosis server
+    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "data")).test_client()
+    time.sleep(3)  # several polls of this app's runner
+    assert client.get(f"/jobs/{other}").get_json()["status"] == "queued"
+    assert store.claim("test")["id"] == other  # any model: the oldest first
