@@ -39,8 +39,9 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["mmax_admission"] = Admission(config.queue_max, observe_rejection)
     app.extensions["mmax_memory"] = memory.MemoryBudget(config.request_memory_mb * 2**20,
                                                          config.worker_memory_mb * 2**20)
-    jobs = JobRunner(JobStore(config.data_dir, config.max_queued_jobs, config.max_jobs_per_client), registry, config.job_stale_s,
-                     config.job_attempts)
+    store = JobStore(config.data_dir, config.max_queued_jobs, config.max_jobs_per_client, config.job_store)
+    jobs = JobRunner(store, registry, config.job_stale_s, config.job_attempts, spark_master=config.spark_master,
+                     assets_dir=config.assets_dir)
     app.extensions["mmax_jobs"] = jobs
     if config.cors:
         from flask_cors import CORS
@@ -64,7 +65,7 @@ def preflight(config: Config) -> None:
         ModelRegistry(config.assets_dir, config.models)
     except AssetError as exc:
         raise SystemExit(f"cannot start: {exc}") from None
-    JobStore(config.data_dir)
+    JobStore(config.data_dir, database=config.job_store)
 
 
 if __name__ == "__main__":

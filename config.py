@@ -62,9 +62,12 @@ class Config:
     worker_memory_mb: int = 5120
     # Time budget of one predict request, checked between chunks of its work (0: none); jobs have none.
     request_timeout_s: float = 60
-    # Whole-slide jobs: the SQLite queue and job folders live in data_dir; a job may name a slide by a
-    # path relative to slide_root (none: uploads only).
+    # Whole-slide jobs: job folders live in data_dir, the queue in job_store (empty: SQLite in data_dir;
+    # postgresql://… for replicas sharing it); a job may name a slide by a path relative to slide_root (none:
+    # uploads only). With spark_master (local[N] or spark://host:7077), Spark's executors analyse the slides.
     data_dir: Path = ROOT / "var"
+    job_store: str = ""
+    spark_master: str = ""
     slide_root: Path | None = None
     max_slide_bytes: int = 8 * 1024**3
     job_stale_s: int = 60
@@ -102,6 +105,8 @@ class Config:
             request_memory_mb=_env_int("REQUEST_MEMORY_MB", 3072),
             worker_memory_mb=_env_int("WORKER_MEMORY_MB", 5120),
             data_dir=Path(_env("DATA_DIR", str(ROOT / "var"))),
+            job_store=_env("JOB_STORE", "").strip(),
+            spark_master=_env("SPARK_MASTER", "").strip(),
             slide_root=Path(_env("SLIDE_ROOT", "")) if _env("SLIDE_ROOT", "") else None,
             max_slide_bytes=_env_int("MAX_SLIDE_BYTES", 8 * 1024**3),
             job_stale_s=_env_int("JOB_STALE_S", 60),

@@ -1,4 +1,5 @@
-"""Durable whole-slide jobs: a SQLite queue under the data dir, and a runner thread in every server process.
+"""Durable whole-slide jobs: a queue in a database (core.job_db: SQLite under the data dir, or a PostgreSQL server
+that replicas share), job folders under the data dir, and a runner thread in every server process.
 
 A job is a row (queued → running → done | failed) plus a folder with its slide (when uploaded) and its
 outputs. Runners claim queued jobs atomically, so any number of server processes share one queue. A
@@ -13,16 +14,16 @@ import logging
 import os
 import shutil
 import socket
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterable
-from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import ClientError
+from core.job_db import JobStoreUnavailable, open_job_database
+from core.wsi.spark import SparkEngineFailed
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,6 @@ UPDATABLE = {"status", "progress", "message"}
 RESULT_FILES = {"result": "result.json", "heatmap": "heatmap.png", "geojson": "regions.geojson"}
 #: a running job's finished blocks (core.wsi.checkpoint): its next attempt resumes from them
 CHECKPOINT_FILE = "blocks.jsonl"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, model TEXT NOT NULL, slide TEXT NOT NULL, slide_name TEXT NOT NULL,
-    options TEXT NOT NULL, status TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, message TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, created REAL NOT NULL, updated REAL NOT NULL,
-    heartbeat REAL, sample_id TEXT
-)"""
-#: columns added since the first release, added to an older job database when it is opened
-_ADDED_COLUMNS = {"sample_id": "TEXT", "client": "TEXT"}
-
-
 class JobNotFound(ClientError):
     status = 404
 
@@ -102,25 +92,16 @@ def resolve_slide_path(root: Path | None, relative: str) -> Path:
 class JobStore:
     """The jobs table and each job's folder under ``data_dir``."""
 
-    def __init__(self, data_dir: Path, max_queued: int = 20, max_per_client: int = 5):
+    def __init__(self, data_dir: Path, max_queued: int = 20, max_per_client: int = 5, database: str = ""):
+        """``database``: where the queue lives (setting MMAX_JOB_STORE; empty: ``data_dir/jobs.sqlite``); job
+        folders are always under ``data_dir``, which replicas sharing a PostgreSQL queue share as a volume."""
         self.data_dir, self.max_queued, self.max_per_client = Path(data_dir), max_queued, max_per_client
         try:
             (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
-            with closing(self._connect()) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(_SCHEMA)
-                present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-                for column, kind in _ADDED_COLUMNS.items():
-                    if column not in present:
-                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")  # nosec B608 - fixed names
-        except (OSError, sqlite3.Error) as exc:
-            raise SystemExit(f"the data dir {self.data_dir} (setting MMAX_DATA_DIR) is not usable for the job "
-                             f"database: {exc}") from None
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.data_dir / "jobs.sqlite", timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
+        except OSError as exc:
+            raise SystemExit(f"the data dir {self.data_dir} (setting MMAX_DATA_DIR) is not usable for job "
+                             f"folders: {exc}") from None
+        self.database_url, self.db = database, open_job_database(database, self.data_dir)
 
     def folder(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / check_job_id(job_id)
@@ -135,10 +116,10 @@ class JobStore:
 
         from core.wsi.slide import open_slide
 
-        with closing(self._connect()) as db:
-            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
-            own = db.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND status IN ('queued', 'running')",
-                             (client,)).fetchone()[0] if client else 0
+        with self.db.connect() as db:
+            queued = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued'").fetchone()["n"]
+            own = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE client = ? AND status IN ('queued', 'running')",
+                             (client,)).fetchone()["n"] if client else 0
         if own >= self.max_per_client:
             raise TooManyJobs(f"you have {own} jobs queued or running (the limit per client is "
                               f"{self.max_per_client}, setting MMAX_MAX_JOBS_PER_CLIENT); submit again when one "
@@ -172,23 +153,23 @@ class JobStore:
     def create(self, job_id: str, model_id: str, slide: Path, slide_name: str, options: dict[str, Any],
                sample_id: str | None = None, client: str | None = None) -> dict:
         now = time.time()
-        with closing(self._connect()) as db:
+        with self.db.connect() as db:
             db.execute("INSERT INTO jobs (id, model, slide, slide_name, options, status, message, created, updated, "
                        "sample_id, client) VALUES (?, ?, ?, ?, ?, 'queued', 'waiting for a runner', ?, ?, ?, ?)",
                        (job_id, model_id, str(slide), slide_name, json.dumps(options), now, now, sample_id, client))
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict:
-        with closing(self._connect()) as db:
+        with self.db.connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (check_job_id(job_id),)).fetchone()
         if row is None:
             raise JobNotFound(f"no job '{job_id}'")
-        return dict(row)
+        return row
 
     def cancel(self, job_id: str) -> dict:
         """A queued or running job, now ``cancelled`` (a running one stops at its next block); a job that has
         ended is answered as it is."""
-        with closing(self._connect()) as db:
+        with self.db.connect() as db:
             db.execute("UPDATE jobs SET status = 'cancelled', message = 'cancelled by request', updated = ? "
                        "WHERE id = ? AND status IN ('queued', 'running')", (time.time(), check_job_id(job_id)))
         return self.get(job_id)
@@ -197,13 +178,13 @@ class JobStore:
         """Forget a job that has ended and remove its folder (its uploaded slide and outputs)."""
         if self.get(job_id)["status"] in {"queued", "running"}:
             raise JobNotDone(f"job '{job_id}' is still {self.get(job_id)['status']}; cancel it first")
-        with closing(self._connect()) as db:
+        with self.db.connect() as db:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
 
     def recent(self, limit: int = 100) -> list[dict]:
-        with closing(self._connect()) as db:
-            return [dict(row) for row in db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+        with self.db.connect() as db:
+            return db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
 
     def claim(self, worker: str, models: Iterable[str] | None = None) -> dict | None:
         """The oldest queued job, now running for ``worker``; None when the queue is empty. With ``models``,
@@ -213,18 +194,16 @@ class JobStore:
         if wanted == []:
             return None
         only = "" if wanted is None else f" AND model IN ({', '.join('?' * len(wanted))})"
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")  # one writer at a time: no job is claimed twice
-            # B608 reviewed: the query text holds only placeholders; model ids are bound parameters.
-            query = f"SELECT id FROM jobs WHERE status = 'queued'{only} ORDER BY created LIMIT 1"  # nosec B608
+        with self.db.transaction() as db:
+            # B608 reviewed: the query text holds only placeholders and fixed words; values are bound parameters.
+            query = (f"SELECT id FROM jobs WHERE status = 'queued'{only} "  # nosec B608
+                     f"ORDER BY created LIMIT 1{self.db.skip_locked}")
             row = db.execute(query, wanted or ()).fetchone()
             if row is None:
-                db.execute("COMMIT")
                 return None
             now = time.time()
             db.execute("UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?, heartbeat = ?, "
                        "updated = ?, progress = 0, message = 'started' WHERE id = ?", (worker, now, now, row["id"]))
-            db.execute("COMMIT")
         return self.get(row["id"])
 
     def update(self, job_id: str, **fields: Any) -> None:
@@ -239,7 +218,7 @@ class JobStore:
             fields["heartbeat"] = fields["updated"]
         names = ", ".join(f"{name} = ?" for name in fields)
         condition = " AND status = 'running'" if only_running else ""
-        with closing(self._connect()) as db:
+        with self.db.connect() as db:
             # B608 reviewed: column names are checked against UPDATABLE (never a client's text); values are
             # bound parameters.
             db.execute(f"UPDATE jobs SET {names} WHERE id = ?{condition}", (*fields.values(), job_id))  # nosec B608
@@ -249,7 +228,7 @@ class JobStore:
         extra = {"progress": progress} if progress is not None else {}
         fields = {"status": status, "message": message, **extra, "updated": time.time()}
         names = ", ".join(f"{name} = ?" for name in fields)
-        with closing(self._connect()) as db:
+        with self.db.connect() as db:
             # B608 reviewed: fixed column names; values are bound parameters.
             db.execute(f"UPDATE jobs SET {names} WHERE id = ? AND status = 'running'",  # nosec B608
                        (*fields.values(), job_id))
@@ -257,10 +236,10 @@ class JobStore:
     def recover(self, stale_s: float, max_attempts: int) -> int:
         """Jobs whose runner stopped beating: back to the queue, or failed once out of attempts."""
         cutoff, now = time.time() - stale_s, time.time()
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            stale = db.execute("SELECT id, attempts, worker FROM jobs WHERE status = 'running' AND heartbeat < ?",
-                               (cutoff,)).fetchall()
+        with self.db.transaction() as db:
+            # B608 reviewed: a fixed query and the store's fixed locking clause; the cutoff is a bound parameter.
+            query = "SELECT id, attempts, worker FROM jobs WHERE status = 'running' AND heartbeat < ?"
+            stale = db.execute(query + self.db.skip_locked, (cutoff,)).fetchall()  # nosec B608
             for row in stale:
                 if row["attempts"] < max_attempts:
                     db.execute("UPDATE jobs SET status = 'queued', updated = ?, message = ? WHERE id = ?",
@@ -271,7 +250,6 @@ class JobStore:
                                (now, f"failed: its runner stopped responding on each of {row['attempts']} "
                                      f"attempts (the slide may need more memory or time than a worker has)",
                                 row["id"]))
-            db.execute("COMMIT")
         for row in stale:
             log.warning("job %s: runner %s stopped responding", row["id"], row["worker"])
         return len(stale)
@@ -280,8 +258,13 @@ class JobStore:
 class JobRunner:
     """One thread per server process: recover stale jobs, claim one, run it, repeat."""
 
-    def __init__(self, store: JobStore, registry, stale_s: float, max_attempts: int, poll_s: float = 1.0):
+    def __init__(self, store: JobStore, registry, stale_s: float, max_attempts: int, poll_s: float = 1.0,
+                 spark_master: str = "", assets_dir: Path | None = None):
+        """With ``spark_master`` (setting MMAX_SPARK_MASTER), slides are analysed by Spark's executors, which
+        load the models from ``assets_dir``; otherwise in this process."""
         self.store, self.registry = store, registry
+        self.spark_master, self.assets_dir = spark_master, assets_dir
+        self.running: str | None = None  # the id of the job this runner is working on
         self.stale_s, self.max_attempts, self.poll_s = stale_s, max_attempts, poll_s
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = threading.Event()
@@ -299,8 +282,7 @@ class JobRunner:
             try:
                 self.store.recover(self.stale_s, self.max_attempts)
                 job = self.store.claim(self.worker, self.registry.ready_ids) if self.registry.settled else None
-            except sqlite3.Error:
-                log.exception("job queue unavailable")
+            except JobStoreUnavailable:  # logged where it happened; the runner tries again at its next poll
                 job = None
             if job is None:
                 self._wake.wait(self.poll_s)
@@ -310,6 +292,7 @@ class JobRunner:
 
     def run(self, job: dict) -> None:
         job_id, beating = job["id"], threading.Event()
+        self.running = job_id
 
         def heartbeat() -> None:  # independent of progress: a slow block is not a dead runner
             while not beating.wait(max(0.5, self.stale_s / 4)):
@@ -325,12 +308,15 @@ class JobRunner:
             log.info("job %s cancelled", job_id)
         except ClientError as exc:
             self.store.finish(job_id, "failed", exc.message)
+        except SparkEngineFailed as exc:
+            self.store.finish(job_id, "failed", f"failed: {exc}")
         except Exception as exc:  # a bug or a broken slide: the job says so, the runner goes on
             log.exception("job %s failed", job_id)
             self.store.finish(job_id, "failed", f"failed: an error inside the service ({type(exc).__name__}); the "
                                                 f"server log has the details")
         finally:
             beating.set()
+            self.running = None
             # The job has ended (a killed process never gets here: its next attempt resumes from the blocks)
             folder = self.store.folder(job_id)
             (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
@@ -340,18 +326,24 @@ class JobRunner:
     def _analyse(self, job: dict) -> None:
         from core.wsi.engine import analyse_local
         from core.wsi.slide import open_slide
+        from core.wsi.spark import analyse_spark
 
         model = self.registry.get_ready(job["model"])
-        slide = open_slide(Path(job["slide"]))
 
         def progress(fraction: float, note: str) -> None:  # called between blocks
             if self.store.get(job["id"])["status"] == "cancelled":
                 raise JobCancelled(job["id"])
             self.store.update(job["id"], progress=round(fraction, 4), message=note)
 
-        analysis = analyse_local(model, slide, json.loads(job["options"]), progress,
-                                 self.store.folder(job["id"]) / CHECKPOINT_FILE)
+        options = json.loads(job["options"])
+        if self.spark_master:
+            analysis = analyse_spark(model, Path(job["slide"]), self.assets_dir, options, self.spark_master,
+                                     progress=progress)
+        else:
+            analysis = analyse_local(model, open_slide(Path(job["slide"])), options, progress,
+                                     self.store.folder(job["id"]) / CHECKPOINT_FILE)
         analysis.result.update({"job_id": job["id"], "model": job["model"], "version": model.spec.version,
+                                "engine": "spark" if self.spark_master else "local",
                                 "weights_sha256": model.spec.meta["weights"].get("sha256"),
                                 **({"sample_id": job["sample_id"]} if job["sample_id"] else {})})
         folder = self.store.folder(job["id"])

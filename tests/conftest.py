@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import threading
 from dataclasses import replace
@@ -62,3 +63,69 @@ def live_server(app):
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a Unix socket (run as the ``postgres`` user when tests run as root,
+    since PostgreSQL refuses root); ``new_database()`` gives each store a queue of its own."""
+
+    def __init__(self, bin_dir: Path):
+        import pwd
+        import shutil
+        import subprocess
+
+        self._shutil, self._subprocess = shutil, subprocess
+        self.folder = Path(tempfile.mkdtemp(prefix="mmax-pg-"))
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user:
+            record = pwd.getpwnam(self.user)
+            os.chown(self.folder, record.pw_uid, record.pw_gid)
+        run_as = {"user": self.user} if self.user else {}
+        subprocess.run([str(bin_dir / "initdb"), "-D", str(self.folder / "data"), "-U", "postgres",
+                        "--auth=trust", "--no-sync", "-E", "UTF8"], check=True, capture_output=True, **run_as)
+        self.process = subprocess.Popen(
+            [str(bin_dir / "postgres"), "-D", str(self.folder / "data"), "-k", str(self.folder), "-p", "5432",
+             "-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=200"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **run_as)
+        self.url = f"postgresql://postgres@/postgres?host={self.folder}&port=5432"
+        self._count = 0
+        self._wait_until_up()
+
+    def _wait_until_up(self, timeout: float = 30) -> None:
+        import time
+
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.url).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    def new_database(self) -> str:
+        import psycopg
+
+        self._count += 1
+        name = f"queue{self._count}"
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+        return self.url.replace("/postgres?", f"/{name}?")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)  # "fast" shutdown: does not wait for clients to leave
+        self.process.wait(timeout=30)
+        self._shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgresql_server():
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.skip("no PostgreSQL binaries on this machine (initdb under /usr/lib/postgresql/<version>/bin)")
+    server = PostgresServer(found[-1].parent)
+    yield server
+    server.stop()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -38,10 +37,23 @@ def slides(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def new_queue(request):
+    """Each test of this module runs against both job stores: called, a fresh, empty queue's setting
+    (MMAX_JOB_STORE: empty for SQLite in the data dir, a new PostgreSQL database)."""
+    if request.param == "sqlite":
+        return lambda: ""
+    return request.getfixturevalue("postgresql_server").new_database
+
+
 @pytest.fixture(scope="module")
-def settings(slides, tmp_path_factory):
+def settings(slides, tmp_path_factory, new_queue):
     return config_with(models=("metastasis",), slide_root=slides, job_stale_s=2, job_attempts=2,
-                       data_dir=tmp_path_factory.mktemp("data"))
+                       data_dir=tmp_path_factory.mktemp("data"), job_store=new_queue())
+
+
+def store_of(config, **limits) -> JobStore:
+    return JobStore(config.data_dir, database=config.job_store, **limits)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +122,7 @@ def test_job_ids_and_unfinished_results(jobs_client, settings):
     assert jobs_client.get("/jobs/not-a-job").status_code == 400
     assert jobs_client.get("/jobs/" + "0" * 32).status_code == 404
     assert jobs_client.get("/jobs/" + "0" * 32 + "/heatmap.png").status_code == 404
-    store = JobStore(settings.data_dir)
+    store = store_of(settings)
     job_id = store.new_id()
     store.create(job_id, "metastasis", Path("/nowhere.svs"), "nowhere.svs", {})
     store.update(job_id, status="failed", message="failed: for this test")
@@ -120,21 +132,21 @@ def test_job_ids_and_unfinished_results(jobs_client, settings):
     assert jobs_client.get(f"/jobs/{job_id}").status_code == 404
 
 
-def test_jobs_survive_a_restart_and_dead_runners(settings, slides):
+def test_jobs_survive_a_restart_and_dead_runners(settings, slides, new_queue):
     """Jobs written by a server that then stopped: one queued, one running with a dead runner, one that
     already used its attempts. A new server finishes the first two and fails the third with the reason."""
-    data_dir = settings.data_dir.parent / "restart"
-    store = JobStore(data_dir)
+    config = config_with(models=("metastasis",), data_dir=settings.data_dir.parent / "restart", job_stale_s=2,
+                         job_attempts=2, job_store=new_queue())
+    store = store_of(config)
     options = {"mpp": 0.0, "threshold": 0.5, "tissue_only": True}
     ids = {name: store.new_id() for name in ("queued", "orphaned", "exhausted")}
     for name, job_id in ids.items():
         store.create(job_id, "metastasis", slides / "cases" / "other.tif", "other.tif", options)
     for name, attempts in (("orphaned", 0), ("exhausted", 1)):
-        with sqlite3.connect(data_dir / "jobs.sqlite") as db:  # as a runner that died mid-job leaves them
+        with store.db.connect() as db:  # as a runner that died mid-job leaves them
             db.execute("UPDATE jobs SET status = 'running', attempts = ?, heartbeat = 0, worker = 'gone:1' "
                        "WHERE id = ?", (attempts + 1, ids[name]))
-    client = make_app(config_with(models=("metastasis",), data_dir=data_dir, job_stale_s=2, job_attempts=2)
-                      ).test_client()
+    client = make_app(config).test_client()
     assert wait_for(client, ids["queued"])["status"] == "done"
     orphaned = wait_for(client, ids["orphaned"])
     assert orphaned["status"] == "done" and orphaned["attempts"] == 2
@@ -162,11 +174,12 @@ def test_real_aperio_slide_as_an_uploaded_job(jobs_client):
     assert 0.2 < body["grid"]["tissue_cells"] / (48 * 36) < 0.8
 
 
-def test_a_running_job_cancelled_stops_at_its_next_block_and_stays_cancelled(tmp_path, slides, monkeypatch):
+def test_a_running_job_cancelled_stops_at_its_next_block_and_stays_cancelled(tmp_path, slides, monkeypatch,
+                                                                            new_queue):
     import core.wsi.engine
     from core.jobs import JobRunner
 
-    store = JobStore(tmp_path / "data")
+    store = JobStore(tmp_path / "data", database=new_queue())
     job_id = store.new_id()
     store.create(job_id, "metastasis", slides / "section.tif", "section.tif", {})
     blocks_done = []
@@ -191,7 +204,7 @@ def test_a_running_job_cancelled_stops_at_its_next_block_and_stays_cancelled(tmp
 
 
 def test_a_queued_job_cancelled_is_never_claimed_and_then_deletes(jobs_client, settings, slides):
-    store = JobStore(settings.data_dir)
+    store = store_of(settings)
     job_id = store.new_id()
     store.create(job_id, "metastasis", slides / "section.tif", "section.tif", {})
     assert store.cancel(job_id)["status"] == "cancelled"
@@ -201,9 +214,9 @@ def test_a_queued_job_cancelled_is_never_claimed_and_then_deletes(jobs_client, s
     assert jobs_client.get(f"/jobs/{job_id}").status_code == 404
 
 
-def test_a_full_queue_is_a_503_with_retry_after_and_keeps_nothing(tmp_path, slides):
-    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "data", max_queued_jobs=0)
-                      ).test_client()
+def test_a_full_queue_is_a_503_with_retry_after_and_keeps_nothing(tmp_path, slides, new_queue):
+    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "data", max_queued_jobs=0,
+                                  job_store=new_queue())).test_client()
     response = submit(client, slide=(io.BytesIO((slides / "section.tif").read_bytes()), "section.tif"))
     assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
     assert "submit again later" in response.get_json()["message"]
@@ -248,7 +261,8 @@ def test_an_mpp_that_makes_a_grid_cell_larger_than_the_slide_is_a_400(jobs_clien
     assert response.status_code == 400 and "grid cell" in response.get_json()["message"]
 
 
-def test_a_job_rerun_after_its_worker_died_resumes_from_its_finished_blocks(app, tmp_path, slides, monkeypatch):
+def test_a_job_rerun_after_its_worker_died_resumes_from_its_finished_blocks(app, tmp_path, slides, monkeypatch,
+                                                                           new_queue):
     """An attempt killed after two blocks leaves them in the job's checkpoint; the next attempt analyses only
     the other blocks and gives the answer an uninterrupted run gives. The checkpoint goes when the job ends."""
     import core.wsi.engine as engine
@@ -263,7 +277,7 @@ def test_a_job_rerun_after_its_worker_died_resumes_from_its_finished_blocks(app,
     assert len(plan.blocks) >= 6
     uninterrupted = engine.analyse_local(model, open_slide(slide_path), options).result
 
-    store = JobStore(tmp_path / "data")
+    store = JobStore(tmp_path / "data", database=new_queue())
     job_id = store.new_id()
     store.create(job_id, "metastasis", slide_path, "section.tif", options)
     checkpoint = store.folder(job_id) / CHECKPOINT_FILE
@@ -318,11 +332,11 @@ def test_a_checkpoint_keeps_findings_exactly_and_ignores_what_is_not_its_own(tmp
     assert BlockCheckpoint(checkpoint.path, "plan B").load() == {}  # other weights, grid or options
 
 
-def test_one_client_may_have_only_its_share_of_unfinished_jobs(app, tmp_path, slides):
+def test_one_client_may_have_only_its_share_of_unfinished_jobs(app, tmp_path, slides, new_queue):
     from core.jobs import TooManyJobs
 
     model = app.extensions["mmax_registry"].get_ready("metastasis")
-    store = JobStore(tmp_path / "data", max_queued=20, max_per_client=2)
+    store = JobStore(tmp_path / "data", max_queued=20, max_per_client=2, database=new_queue())
     options = {"mpp": 0.0, "threshold": 0.5, "tissue_only": True}
     for _ in range(2):
         store.submit(model, options, slide_path="section.tif", slide_root=slides, client="address:10.0.0.1")
@@ -334,24 +348,79 @@ def test_one_client_may_have_only_its_share_of_unfinished_jobs(app, tmp_path, sl
     store.cancel(ended)  # one of the first client's jobs ends: it may submit again
     store.submit(model, options, slide_path="section.tif", slide_root=slides, client="address:10.0.0.1")
 
-    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "api", max_jobs_per_client=0)
-                      ).test_client()
+    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "api", max_jobs_per_client=0,
+                                  job_store=new_queue())).test_client()
     response = submit(client, slide=(io.BytesIO((slides / "section.tif").read_bytes()), "section.tif"))
     assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
     assert "MMAX_MAX_JOBS_PER_CLIENT" in response.get_json()["message"]
     assert not any((tmp_path / "api" / "jobs").iterdir())
 
 
-def test_a_runner_claims_only_jobs_of_the_models_it_serves(tmp_path, slides):
+def test_a_runner_claims_only_jobs_of_the_models_it_serves(tmp_path, slides, new_queue):
     """Processes sharing one queue may serve different models: each takes only the jobs it can run."""
-    store = JobStore(tmp_path / "data")
+    store = JobStore(tmp_path / "data", database=new_queue())
     other, ours = store.new_id(), store.new_id()
     store.create(other, "mitosis", slides / "section.tif", "section.tif", {})
     store.create(ours, "metastasis", slides / "section.tif", "section.tif", {})
     assert store.claim("test", models=[]) is None
     assert store.claim("test", models=["metastasis"])["id"] == ours
     assert store.claim("test", models=["metastasis"]) is None  # the mitosis job waits for a mitosis server
-    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "data")).test_client()
+    client = make_app(config_with(models=("metastasis",), data_dir=tmp_path / "data", job_store=store.database_url)
+                      ).test_client()
     time.sleep(3)  # several polls of this app's runner
     assert client.get(f"/jobs/{other}").get_json()["status"] == "queued"
     assert store.claim("test")["id"] == other  # any model: the oldest first
+
+
+def test_runners_racing_for_one_queue_claim_each_job_exactly_once(tmp_path, slides, new_queue):
+    """Eight runners (as eight replicas would) claim from one queue at once: no job twice, none left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = new_queue()
+    stores = [JobStore(tmp_path / "data", database=url) for _ in range(8)]
+    created = set()
+    for _ in range(40):
+        job_id = stores[0].new_id()
+        stores[0].create(job_id, "metastasis", slides / "section.tif", "section.tif", {})
+        created.add(job_id)
+
+    def drain(k: int) -> list[str]:
+        claimed = []
+        while (job := stores[k].claim(f"runner-{k}", models=["metastasis"])) is not None:
+            claimed.append(job["id"])
+        return claimed
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = [job_id for batch in pool.map(drain, range(8)) for job_id in batch]
+    assert sorted(claimed) == sorted(created)
+    assert {job["attempts"] for job in stores[0].recent()} == {1}
+
+
+def test_two_servers_on_one_queue_share_its_jobs(tmp_path, slides, new_queue):
+    """Two replicas on one queue and one shared data dir: a job submitted to one is run once and read from
+    either."""
+    url, data_dir = new_queue(), tmp_path / "shared"
+    first, second = (make_app(config_with(models=("metastasis",), data_dir=data_dir, job_store=url, slide_root=slides)
+                              ).test_client() for _ in range(2))
+    job = submit(first, slide=(io.BytesIO((slides / "section.tif").read_bytes()), "section.tif")).get_json()
+    done = wait_for(second, job["id"])
+    assert done["status"] == "done" and done["attempts"] == 1
+    assert first.get(f"/jobs/{job['id']}/result").get_json() == second.get(f"/jobs/{job['id']}/result").get_json()
+    assert second.get(f"/jobs/{job['id']}/result").get_json()["engine"] == "local"
+
+
+def test_a_job_store_that_cannot_be_reached_is_a_503_and_a_clear_start_up_error(tmp_path, slides,
+                                                                                 postgresql_server):
+    from core.job_db import JobStoreUnavailable
+
+    url = postgresql_server.new_database()
+    store = JobStore(tmp_path / "data", database=url)
+    unreachable = url.replace("port=5432", "port=1")
+    with pytest.raises(SystemExit, match="MMAX_JOB_STORE"):
+        JobStore(tmp_path / "data", database=unreachable)
+    store.db.url = unreachable  # the server goes away while the service runs
+    with pytest.raises(JobStoreUnavailable, match="try again later") as refused:
+        store.recent()
+    assert refused.value.status == 503 and "/tmp" not in refused.value.message
+    with pytest.raises(SystemExit, match="MMAX_JOB_STORE must be"):
+        JobStore(tmp_path / "data", database="mysql://somewhere/db")
