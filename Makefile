@@ -7,10 +7,10 @@ WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
 .PHONY: run dev test bench domain-statistics loadtest soak recalibrate-mitosis train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
 
-$(BIN)/activate: requirements.txt pyproject.toml
+$(BIN)/activate: requirements.txt requirements-spark.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt  # serving + Spark + test tools
 	$(BIN)/pip install --quiet --no-deps -e .  # the mmax command
 	touch $(BIN)/activate
 
@@ -23,10 +23,11 @@ dev: $(BIN)/activate  ## Flask's development server
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); the domain check's table and cost (bench/domain_check.md)
+bench: $(BIN)/activate  ## serving benchmark: model limit vs this service vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); the domain check's table and cost (bench/domain_check.md); a 20,000² slide in-process vs Spark local[1] vs local[2] (bench/slide_engines.json)
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.protein_field --data $(DATA)/protein/hpa2018
 	$(BIN)/python -m bench.domain_check --data $(DATA) --per-source 100
+	$(BIN)/python -m bench.slide_engines --data $(DATA)/metastasis/pcam
 
 loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
 	$(BIN)/python -m bench.loadtest

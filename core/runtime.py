@@ -18,6 +18,21 @@ log = logging.getLogger(__name__)
 Forward = Callable[[np.ndarray], np.ndarray]
 RUNTIMES = ("auto", "onnx", "tensorflow")
 TOLERANCE = 1e-4
+_threads = 0  # threads of a forward pass; 0: the runtimes' defaults (every core)
+
+
+def limit_threads(count: int) -> None:
+    """Forward passes built from now on use ``count`` threads: a Spark task owns ``spark.task.cpus`` cores,
+    not the machine, and its neighbours run on the others."""
+    global _threads
+    _threads = count
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(count)
+        tf.config.threading.set_inter_op_parallelism_threads(count)
+    except RuntimeError:  # TensorFlow already ran in this process: it keeps its thread pools
+        pass
 
 
 def single_threaded_blas() -> None:
@@ -39,12 +54,15 @@ def tensorflow_forward(network) -> tuple[Forward, object]:
 
 
 def onnx_forward(function) -> Forward:
-    """The traced function converted to ONNX and run by ONNX Runtime (its default threads)."""
+    """The traced function converted to ONNX and run by ONNX Runtime (its default threads, or limit_threads')."""
     import onnxruntime
     import tf2onnx
 
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=17)
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if _threads:
+        options.intra_op_num_threads = options.inter_op_num_threads = _threads
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: batch})[0]
 

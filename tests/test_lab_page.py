@@ -79,7 +79,7 @@ def sample_files(tmp_path: Path) -> dict[str, dict[str, Path]]:
                                              "browser tests")
 @pytest.mark.parametrize("model_id", ("leukocyte", "chromosome", "metastasis", "mitosis", "protein"))
 def test_in_a_real_browser_each_model_answers_with_a_picture_and_a_table(live_server, tmp_path, model_id):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements.txt)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
     files = sample_files(tmp_path)[model_id]
     requested: list[str] = []
     with playwright.sync_playwright() as driver:

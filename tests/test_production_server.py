@@ -268,3 +268,44 @@ def test_probes_answer_while_the_request_thread_is_busy(tmp_path: Path):
         worker.join(timeout=300)
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_two_instances_on_one_postgresql_queue_share_jobs_and_survive_one_killed(tmp_path: Path,
+                                                                                   postgresql_server):
+    """Two servers (as on two hosts) on one PostgreSQL queue and one data volume: a job submitted to one is
+    readable from the other; kill -9 the instance that runs it, and the other re-queues and finishes it."""
+    import psycopg
+
+    slide = tmp_path / "big.tif"
+    pyramid_tiff(slide, section((4096, 3072)), mpp=0.25, levels=3)
+    settings = {"models": "metastasis", "job_stale_s": "3", "job_store": postgresql_server.new_database()}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    servers = [start_gunicorn(tmp_path / name, workers=1, data_dir=str(tmp_path / "shared"), **settings)
+               for name in ("a", "b")]
+    try:
+        with open(slide, "rb") as handle:
+            job = requests.post(f"{servers[0][1]}/model/metastasis/jobs", files={"slide": ("big.tif", handle)},
+                                timeout=60).json()
+        deadline = time.monotonic() + 120
+        while requests.get(f"{servers[1][1]}/jobs/{job['id']}", timeout=10).json()["status"] != "running":
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        with psycopg.connect(settings["job_store"]) as db:  # host:pid:nonce of the runner that has it
+            victim = int(db.execute("SELECT worker FROM jobs WHERE id = %s", (job["id"],)).fetchone()[0]
+                         .split(":")[1])
+        running = next(k for k, (server, _) in enumerate(servers) if victim in worker_pids(server.pid))
+        os.kill(servers[running][0].pid, signal.SIGKILL)  # the whole instance: its master, then its worker
+        os.kill(victim, signal.SIGKILL)
+        survivor = servers[1 - running][1]
+        deadline = time.monotonic() + 240
+        while (state := requests.get(f"{survivor}/jobs/{job['id']}", timeout=30).json())["status"] not in {
+                "done", "failed"}:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert state["status"] == "done" and state["attempts"] == 2, state
+        assert requests.get(f"{survivor}/jobs/{job['id']}/result", timeout=30).json()["job_id"] == job["id"]
+    finally:
+        for server, _ in servers:
+            server.kill()
+            server.wait(timeout=30)

@@ -24,17 +24,36 @@ from core.wsi.slide_model import SlideAnalysis, SlideModel
 log = logging.getLogger(__name__)
 
 
-def _analyse_partition(slide_path: str, model_id: str, assets_dir: str, plan: engine.Plan,
-                       options: dict[str, Any], items: Iterator[int]) -> Iterator[tuple[int, tuple[Any, float | None]]]:
+#: models loaded in this executor process; Spark reuses its Python workers, so later tasks skip the loading
+_loaded: dict[tuple[str, str, str], SlideModel] = {}
+
+
+def _executor_model(model_id: str, assets_dir: str, threads: int) -> SlideModel:
+    """The model, loaded once per Python worker and weights file, its forward passes on ``threads`` threads."""
+    from core import runtime
     from core.assets import read_spec
     from core.registry import model_class
+
+    spec = read_spec(Path(assets_dir) / model_id)
+    key = (model_id, str(assets_dir), str(spec.meta.get("weights", {}).get("sha256")))
+    if key not in _loaded:
+        runtime.limit_threads(threads)
+        model = model_class(model_id)(spec)
+        model.load()
+        _loaded[key] = model
+    return _loaded[key]
+
+
+def _analyse_partition(slide_path: str, model_id: str, assets_dir: str, plan: engine.Plan,
+                       options: dict[str, Any], items: Iterator[int]) -> Iterator[tuple[int, tuple[Any, float | None]]]:
+    from pyspark import TaskContext
+
     from core.wsi.slide import open_slide
 
     indices = list(items)
     if not indices:
         return
-    model = model_class(model_id)(read_spec(Path(assets_dir) / model_id))
-    model.load()
+    model = _executor_model(model_id, assets_dir, int(TaskContext.get().cpus()))  # the task's cores, not the host's
     slide = open_slide(Path(slide_path))
     for index in indices:
         yield index, engine.analyse_block(model, slide, plan, plan.blocks[index], options)
@@ -77,7 +96,9 @@ def analyse_spark(model: SlideModel, slide_path: Path, assets_dir: Path, options
     try:
         context = session.sparkContext
         context.setLogLevel("WARN")
-        count = partitions or max(1, min(len(plan.blocks), context.defaultParallelism))
+        # A few tasks per core: the slow ones (blocks full of tissue) are spread out, and each task's model
+        # comes loaded from the worker's earlier task.
+        count = partitions or max(1, min(len(plan.blocks), 4 * context.defaultParallelism))
         args = (str(Path(slide_path).resolve()), model_id, str(Path(assets_dir).resolve()), plan, options)
         rdd = context.parallelize(range(len(plan.blocks)), count).mapPartitions(
             lambda items: _analyse_partition(*args, items))
