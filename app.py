@@ -21,7 +21,7 @@ def create_app(config: Config | None = None) -> Flask:
     from api import build_api
     from api.admission import Admission
     from api.metrics import observe_batch, observe_queue_wait, observe_rejection
-    from core import memory
+    from core import memory, runtime
     from core.jobs import JobRunner, JobStore
     from core.registry import ModelRegistry
 
@@ -31,6 +31,8 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes, MMAX=config, ERROR_404_HELP=False,
                       RESTX_MASK_SWAGGER=False, SWAGGER_UI_DOC_EXPANSION="list")
+    if config.forward_thread_count():
+        runtime.limit_threads(config.forward_thread_count())
     registry = ModelRegistry(config.assets_dir, config.models)
     for model_id, model in registry.models.items():
         model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id),

@@ -38,6 +38,9 @@ class Config:
     port: int = 5000
     workers: int = 1
     threads: int = 4
+    # Threads of one forward pass (ONNX Runtime, TensorFlow); 0: the cores divided among the workers, so
+    # several workers do not fight over them (one worker: the runtimes' own default, every core).
+    forward_threads: int = 0
     timeout_s: int = 120
     assets_dir: Path = ROOT / "assets"
     # "all" serves every model found in assets_dir; otherwise a comma-separated list of model ids.
@@ -77,6 +80,12 @@ class Config:
     # Jobs one client (its address) may have queued or running; the next is a 429 with Retry-After.
     max_jobs_per_client: int = 5
 
+    def forward_thread_count(self) -> int:
+        """The threads of one forward pass in each worker; 0 leaves the runtimes' defaults."""
+        if self.forward_threads or self.workers <= 1:
+            return self.forward_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
     @classmethod
     def from_env(cls) -> "Config":
         models = _env("MODELS", "all").strip()
@@ -88,6 +97,7 @@ class Config:
             port=_env_int("PORT", 5000),
             workers=_env_int("WORKERS", 1),
             threads=_env_int("THREADS", 4),
+            forward_threads=_env_int("FORWARD_THREADS", 0),
             timeout_s=_env_int("TIMEOUT", 120),
             assets_dir=Path(_env("ASSETS_DIR", str(ROOT / "assets"))),
             models=None if models in {"", "all"} else tuple(m.strip() for m in models.split(",") if m.strip()),

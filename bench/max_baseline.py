@@ -16,7 +16,6 @@ from config import ROOT
 
 def create_baseline(model_ids: list[str]) -> Flask:
     from core.assets import read_spec
-    from core.imageio import decode_image
     from core.registry import model_class
 
     models, lock = {}, threading.Lock()
@@ -36,9 +35,9 @@ def create_baseline(model_ids: list[str]) -> Flask:
     @app.post("/model/<model_id>/predict")
     def predict(model_id: str):
         model = models[model_id]
-        image = decode_image(request.files["image"].read(), 64_000_000)
+        inputs = model.read_inputs({field: upload.read() for field, upload in request.files.items()}, 64_000_000)
         with lock:
-            result = model.predict(image, {o.name: o.default for o in model.declared_options()})
+            result = model.predict(inputs, {o.name: o.default for o in model.declared_options()})
         return jsonify(status="ok", **result)
 
     return app

@@ -1,17 +1,20 @@
-"""``make bench``: the model's own limit, this service under gunicorn, and a MAX-style baseline, side by side.
+"""``make bench``: the real limit of each request, this service under gunicorn, and a MAX-style baseline, side by side.
 
-For each model: (a) in-process forward passes (images/s at batch 32, ms at batch 1, for ONNX Runtime and
-TensorFlow, and whether they agree); (b) this service as configured by default (gunicorn, micro-batching,
-the default runtime) and (c) bench/max_baseline.py, each under 1, 4, 8 and 16 concurrent clients sending
-the same request: requests/s and p50/p95/p99 latency. Also start-up time to ready and resident memory.
-Writes bench/results.json and prints a table of ratios. Timings depend on the machine and its load:
-compare only figures of one run.
+For each model: in-process forward passes of the network alone (images/s at batch 32, ms at batch 1, for ONNX
+Runtime and TensorFlow, and whether they agree). For each typical upload (bench/typical_uploads.py: every
+model, the metastasis patch and region apart): (a) the limit, the whole request in-process (decode, analysis,
+answer JSON; no HTTP) back to back, once in one process with the runtimes' threads and once in one
+single-threaded process per core, the better of the two being the limit; (b) this service as configured by
+default (gunicorn, micro-batching, the default runtime) and (c) bench/max_baseline.py, each under 1, 4, 8 and
+16 concurrent clients sending that upload: requests/s and p50/p95/p99 latency, and the service's share of the
+limit. Also start-up time to ready and resident memory. Writes bench/results.json and prints the tables.
+Timings depend on the machine and its load: compare only figures of one run.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -26,27 +29,17 @@ from typing import Iterator
 
 import numpy as np
 import requests
-from PIL import Image, ImageDraw
-
+from bench.typical_uploads import Upload, he_patch, smear_crop, typical_uploads
 from config import ROOT
 
 CLIENTS = (1, 4, 8, 16)
 LOG = ROOT / ".cache" / "bench-servers.log"
-MODELS = ("leukocyte", "metastasis")
+MAX_PIXELS = 64_000_000
 
 
 def sample_request(model_id: str) -> bytes:
-    """A typical upload: a 320x240 smear crop with one leukocyte; one 96x96 H&E patch."""
-    if model_id == "leukocyte":
-        image = Image.new("RGB", (320, 240), (225, 190, 200))
-        ImageDraw.Draw(image).ellipse([130, 90, 190, 150], fill=(110, 60, 170))
-    else:
-        rng = np.random.default_rng(0)
-        pixels = np.clip(rng.normal((200, 130, 180), 25, (96, 96, 3)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    """The typical leukocyte or metastasis-patch upload's image (the load test and the soak send it)."""
+    return {"leukocyte": smear_crop, "metastasis": he_patch}[model_id]().files["image"]
 
 
 def forward_limits(model_id: str, repeats: int) -> dict:
@@ -79,21 +72,62 @@ def forward_limits(model_id: str, repeats: int) -> dict:
         out["runtimes"][runtime] = {"images_per_s": round(1 / per_image, 1),
                                     "forward_ms_batch1": round(1000 * statistics.median(singles), 2)}
     out["runtimes"]["max_abs_difference"] = float(np.max(np.abs(reference - outputs)))
-    # One whole request in-process, as the service runs it (default runtime, decode and domain check included),
-    # no HTTP.
-    from core.imageio import decode_image
+    return out
 
+
+def _request_loop(upload: Upload, threads: int, seconds: float, barrier, results) -> None:
+    """In a process of its own: the model loaded as the service loads it, then ``upload`` answered back to back
+    (decode, analysis, answer JSON) for ``seconds`` once every process is ready; puts (count, latencies)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core import runtime
+    from core.assets import read_spec
+    from core.registry import model_class
+
+    if threads:
+        runtime.limit_threads(threads)
+        runtime.single_threaded_blas()
+    model = model_class(upload.model)(read_spec(ROOT / "assets" / upload.model))
     model.configure(runtime="auto", max_batch=1)
     model.load()
-    body, defaults = sample_request(model_id), {o.name: o.default for o in model.declared_options()}
-    model.answer(decode_image(body, 64_000_000), defaults)
-    times = []
-    for _ in range(repeats * 2):
+    options = {o.name: o.default for o in model.declared_options()}
+
+    def one() -> None:
+        json.dumps(model.answer(model.read_inputs(upload.files, MAX_PIXELS), options))
+
+    one()
+    barrier.wait()
+    latencies, stop = [], time.perf_counter() + seconds
+    while time.perf_counter() < stop:
         started = time.perf_counter()
-        model.answer(decode_image(body, 64_000_000), defaults)
-        times.append(time.perf_counter() - started)
-    out["inprocess_request_ms"] = round(1000 * statistics.median(times), 2)
-    return out
+        one()
+        latencies.append(time.perf_counter() - started)
+    results.put(latencies)
+
+
+def inprocess_rate(upload: Upload, processes: int, threads: int, seconds: float) -> dict:
+    """Requests/s of ``processes`` processes answering ``upload`` back to back (``threads`` per process; 0:
+    the runtimes' defaults), no HTTP; latency percentiles of one request."""
+    context = multiprocessing.get_context("spawn")  # TensorFlow's and ONNX Runtime's threads do not survive fork
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_request_loop, args=(upload, threads, seconds, barrier, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    latencies = [t for _ in workers for t in results.get(timeout=seconds + 600)]
+    for worker in workers:
+        worker.join()
+    ms = np.array(latencies) * 1000
+    return {"processes": processes, "threads_per_process": threads or "default", "rps": round(len(ms) / seconds, 2),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+
+
+def inprocess_limit(upload: Upload, seconds: float) -> dict:
+    """The whole request's real limit on this machine: the better of one process using every core through its
+    runtimes' threads and one single-threaded process per core."""
+    one = inprocess_rate(upload, 1, 0, seconds)
+    per_core = inprocess_rate(upload, os.cpu_count() or 1, 1, seconds)
+    best = max(one, per_core, key=lambda r: r["rps"])
+    return {"one_process": one, "one_process_per_core": per_core, "inprocess_all_cores_rps": best["rps"]}
 
 
 def free_port() -> int:
@@ -135,9 +169,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def load(base: str, model_id: str, body: bytes, clients: int, seconds: float) -> dict:
-    """``clients`` threads posting ``body`` back to back for ``seconds``; latency percentiles and rate."""
-    url = f"{base}/model/{model_id}/predict"
+def load(base: str, upload: Upload, clients: int, seconds: float) -> dict:
+    """``clients`` threads posting ``upload`` back to back for ``seconds``; latency percentiles and rate."""
+    url = f"{base}/model/{upload.model}/predict"
+    files = {field: (f"{field}.png", body) for field, body in upload.files.items()}
     stop = time.monotonic() + seconds
     latencies: list[float] = []
     errors = [0]
@@ -147,7 +182,7 @@ def load(base: str, model_id: str, body: bytes, clients: int, seconds: float) ->
         session = requests.Session()
         while time.monotonic() < stop:
             started = time.perf_counter()
-            response = session.post(url, files={"image": ("x.png", body)}, timeout=120)
+            response = session.post(url, files=files, timeout=120)
             elapsed = time.perf_counter() - started
             with lock:
                 latencies.append(elapsed)
@@ -184,7 +219,8 @@ def gunicorn_server(data_name: str) -> Iterator[tuple[str, subprocess.Popen]]:
             server.wait(30)
 
 
-def serve_and_measure(command: list[str], env: dict, seconds: float) -> dict:
+def serve_and_measure(command: list[str], env: dict, uploads: list[Upload], seconds: float,
+                      clients_levels: tuple[int, ...] = CLIENTS) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     LOG.parent.mkdir(parents=True, exist_ok=True)
@@ -193,14 +229,13 @@ def serve_and_measure(command: list[str], env: dict, seconds: float) -> dict:
                                cwd=ROOT, env={**env, "MMAX_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
     try:
         ready_s = wait_ready(base, process)
-        out = {"ready_s": round(ready_s, 1), "models": {}}
-        for model_id in MODELS:
-            body = sample_request(model_id)
-            load(base, model_id, body, 2, 2)  # warm both the client and the server paths
-            out["models"][model_id] = {}
-            for clients in CLIENTS:
-                out["models"][model_id][str(clients)] = load(base, model_id, body, clients, seconds)
-                print(f"  {model_id} {clients:>2} clients: {out['models'][model_id][str(clients)]}", flush=True)
+        out = {"ready_s": round(ready_s, 1), "uploads": {}}
+        for upload in uploads:
+            load(base, upload, 2, 2)  # warm both the client and the server paths
+            out["uploads"][upload.name] = {}
+            for clients in clients_levels:
+                out["uploads"][upload.name][str(clients)] = load(base, upload, clients, seconds)
+                print(f"  {upload.name} {clients:>2} clients: {out['uploads'][upload.name][str(clients)]}", flush=True)
         workers = children(process.pid) or [process.pid]
         out["rss_mb_per_worker"] = [rss_mb(pid) for pid in workers]
         return out
@@ -212,55 +247,75 @@ def serve_and_measure(command: list[str], env: dict, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0, help="per client level")
-    parser.add_argument("--repeats", type=int, default=20, help="forward passes per limit measurement")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="the shared data (the real spread, field, region and mitosis field)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per client level and per limit measurement")
+    parser.add_argument("--repeats", type=int, default=20, help="forward passes per network measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MMAX_HOST": "127.0.0.1", "MMAX_MODELS": ",".join(MODELS),
+    uploads = typical_uploads(args.data)
+    models = sorted({upload.model for upload in uploads})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MMAX_HOST": "127.0.0.1", "MMAX_MODELS": ",".join(models),
            "MMAX_DATA_DIR": str(ROOT / ".cache" / "bench-data")}
     python = sys.executable
     results: dict = {}
-    for model_id in MODELS:
-        print(f"[limit] {model_id}", flush=True)
+    for model_id in models:
+        print(f"[network] {model_id}", flush=True)
         results[model_id] = forward_limits(model_id, args.repeats)
+    requests_: dict = {}
+    for upload in uploads:
+        print(f"[limit] {upload.name}", flush=True)
+        requests_[upload.name] = {"model": upload.model, "pixels": upload.pixels,
+                                  **inprocess_limit(upload, args.seconds)}
     print("[service] gunicorn, default settings", flush=True)
-    service = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"], env, args.seconds)
+    service = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"], env, uploads,
+                                args.seconds)
+    print("[service] gunicorn, MMAX_WORKERS=2 (forward threads divided between them)", flush=True)
+    two_workers = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"],
+                                    {**env, "MMAX_WORKERS": "2"}, uploads, args.seconds, (1, 8))
     print("[baseline] MAX-style Flask development server", flush=True)
-    baseline = serve_and_measure([python, "-m", "bench.max_baseline", "--models", ",".join(MODELS)], env,
+    baseline = serve_and_measure([python, "-m", "bench.max_baseline", "--models", ",".join(models)], env, uploads,
                                  args.seconds)
-    for model_id in MODELS:
+    for name, record in requests_.items():
+        record["service"] = service["uploads"][name]
+        record["service_2_workers"] = two_workers["uploads"][name]
+        record["peers"] = {"max_style": baseline["uploads"][name]}
+        record["service_over_limit"] = {c: round(record["service"][c]["rps"] / record["inprocess_all_cores_rps"], 2)
+                                        for c in record["service"]}
+    for model_id in models:
         limits = results[model_id]
-        fastest = max(limits["runtimes"][r]["images_per_s"] for r in ("onnx", "tensorflow"))
-        limits["limit_images_per_s"] = fastest
+        limits["limit_images_per_s"] = max(limits["runtimes"][r]["images_per_s"] for r in ("onnx", "tensorflow"))
         limits["forward_ms_batch1"] = min(limits["runtimes"][r]["forward_ms_batch1"] for r in ("onnx", "tensorflow"))
-        limits["service"] = service["models"][model_id]
-        limits["baseline"] = baseline["models"][model_id]
+        typical = requests_[model_id]  # the model's first typical upload carries its name
+        limits.update({"inprocess_all_cores_rps": typical["inprocess_all_cores_rps"], "service": typical["service"],
+                       "peers": typical["peers"], "baseline": typical["peers"]["max_style"]})
+    results["requests"] = requests_
     results["startup"] = {"service_ready_s": service["ready_s"], "baseline_ready_s": baseline["ready_s"],
                           "service_rss_mb_per_worker": service["rss_mb_per_worker"],
+                          "service_2_workers_rss_mb_per_worker": two_workers["rss_mb_per_worker"],
                           "baseline_rss_mb": baseline["rss_mb_per_worker"]}
+    results["machine"] = {"cpus": os.cpu_count()}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
 
 def print_table(results: dict) -> None:
-    print("\n| model | clients | service req/s | baseline req/s | service / baseline | service images/s / limit "
-          "| service p50 / p95 / p99 ms | baseline p50 ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for model_id in MODELS:
-        r = results[model_id]
+    print("\n| upload | limit req/s (1 process / 1 per core) | clients | service req/s | service / limit "
+          "| service p50 / p99 ms | 2 workers req/s | MAX-style req/s | service / MAX-style |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results["requests"].items():
+        limit = (f"**{r['inprocess_all_cores_rps']}** ({r['one_process']['rps']} / "
+                 f"{r['one_process_per_core']['rps']})")
         for clients in CLIENTS:
-            s, b = r["service"][str(clients)], r["baseline"][str(clients)]
-            share = s["rps"] * r["views_per_request"] / r["limit_images_per_s"]
-            print(f"| {model_id} | {clients} | {s['rps']} | {b['rps']} | {s['rps'] / max(b['rps'], 1e-9):.1f}x "
-                  f"| {share:.0%} | {s['p50_ms']} / {s['p95_ms']} / {s['p99_ms']} | {b['p50_ms']} |")
-    for model_id in MODELS:
-        r = results[model_id]
-        print(f"{model_id}: one client's p50 {r['service']['1']['p50_ms']} ms = "
-              f"{r['service']['1']['p50_ms'] / r['inprocess_request_ms']:.2f}x the same request in-process "
-              f"({r['inprocess_request_ms']} ms: decode, preprocess, forward with TTA, postprocess)")
-    print("limits: " + "; ".join(
+            s, b = r["service"][str(clients)], r["peers"]["max_style"][str(clients)]
+            two = r["service_2_workers"].get(str(clients), {}).get("rps", "")
+            print(f"| {name} | {limit if clients == 1 else ''} | {clients} | {s['rps']} | "
+                  f"{r['service_over_limit'][str(clients)]:.2f} | {s['p50_ms']} / {s['p99_ms']} | {two} | {b['rps']} | "
+                  f"{s['rps'] / max(b['rps'], 1e-9):.1f}x |")
+    models = [m for m in results if m not in {"requests", "startup", "machine"}]
+    print("networks: " + "; ".join(
         f"{m}: {results[m]['limit_images_per_s']} images/s, batch-1 forward {results[m]['forward_ms_batch1']} ms "
-        f"(onnx {results[m]['runtimes']['onnx']}, tensorflow {results[m]['runtimes']['tensorflow']})" for m in MODELS))
+        f"(onnx {results[m]['runtimes']['onnx']}, tensorflow {results[m]['runtimes']['tensorflow']})" for m in models))
     print(f"start-up and memory: {json.dumps(results['startup'])}")
 
 

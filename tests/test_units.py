@@ -104,6 +104,18 @@ def test_malformed_setting_names_the_variable(monkeypatch):
         Config.from_env()
 
 
+def test_several_workers_divide_the_cores_among_their_forward_passes(monkeypatch):
+    from config import Config
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Config(workers=1).forward_thread_count() == 0  # one worker: the runtimes' own default
+    assert Config(workers=2).forward_thread_count() == 4
+    assert Config(workers=16).forward_thread_count() == 1
+    assert Config(workers=2, forward_threads=3).forward_thread_count() == 3  # MMAX_FORWARD_THREADS wins
+    monkeypatch.setenv("MMAX_FORWARD_THREADS", "2")
+    assert Config.from_env().forward_threads == 2
+
+
 def test_temperature_scaling_calibrates_overconfident_probabilities():
     from core.evaluation import expected_calibration_error, fit_temperature, temper
 
