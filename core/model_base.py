@@ -40,7 +40,9 @@ class MicroscopyModel(ABC):
     formats: tuple[str, ...] = ("json", "png")
     #: the typed model.json ``input`` section this model reads
     Input: type[InputSpec] = InputSpec
-    batch_size: int = 32
+    #: rows of one forward pass: ONNX Runtime keeps the largest pass's memory in its pools for the next, so a
+    #: large upload's windows go through in passes of this many (64: as fast as 256 per pass, and 0.4 GB less)
+    batch_size: int = 64
     #: file fields it reads besides 'image' (e.g. one per channel); listed in the Swagger form
     channel_fields: tuple[str, ...] = ()
 
@@ -220,7 +222,7 @@ class MicroscopyModel(ABC):
             raise RuntimeError(f"model '{self.spec.id}' is not loaded")
         if len(batch) == 0:
             return np.zeros((0,) + tuple(self.network.output_shape[1:]), dtype=np.float32)
-        step = self.batch_size * (8 if self.uses_tta else 1)  # bounds the memory of one forward pass
+        step = self.batch_size
         outputs = []
         for start in range(0, len(batch), step):  # float32 one step at a time: windows may come as uint8
             deadline.check()

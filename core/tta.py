@@ -19,9 +19,10 @@ def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
     return views
 
 
-def dihedral_mean(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """``predict`` averaged over the 8 views, ``chunk`` images (8 × ``chunk`` views) per call: memory stays
-    that of one chunk however many images come (400 leukocyte windows as one float32 stack were 1 GB)."""
+def dihedral_mean(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """``predict`` averaged over the 8 views, ``chunk`` images (8 × ``chunk`` views: one forward pass of 64)
+    per call: memory stays that of one chunk however many images come (400 leukocyte windows as one float32
+    stack were 1 GB)."""
     means = []
     for start in range(0, len(batch), chunk):
         part = batch[start:start + chunk]

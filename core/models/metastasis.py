@@ -43,7 +43,6 @@ class MetastasisModel(MicroscopyModel, SlideModel):
     )
     formats = ("json", "png", "geojson")
     Input = MetastasisInput
-    batch_size = 64
 
     @property
     def positive(self) -> str:

@@ -113,7 +113,6 @@ class MitosisModel(MicroscopyModel, SlideModel):
     )
     formats = ("json", "png", "geojson")
     Input = MitosisInput
-    batch_size = 64
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -90,6 +90,7 @@ def analyse_spark(model: SlideModel, slide_path: Path, assets_dir: Path, options
                    .getOrCreate())
     except Exception as exc:  # no Java, a bad master URL: pyspark's own exception types vary
         log.exception("Spark session for %s", master)
+        _forget_context()
         raise SparkEngineFailed(f"the Spark engine could not start with master {master} "
                                 f"({type(exc).__name__}); the server log has the details") from None
     group = f"mmax-{uuid.uuid4().hex}"
@@ -129,6 +130,20 @@ def analyse_spark(model: SlideModel, slide_path: Path, assets_dir: Path, options
         session.stop()
     found, statistics = zip(*(analysed[index] for index in range(len(plan.blocks)))) if plan.blocks else ((), ())
     return engine.checked_analysis(model, slide, plan, list(found), list(statistics), options)
+
+
+def _forget_context() -> None:
+    """Drop the context a failed start left behind (e.g. stopped when the master did not answer): pyspark
+    would hand it to the next job, which would then fail too."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is not None:
+        try:
+            context.stop()
+        except Exception:  # noqa: BLE001 - already stopped on the JVM's side; forgetting it is what counts
+            log.debug("stopping a failed Spark context", exc_info=True)
+        SparkContext._active_spark_context = None
 
 
 def _task_progress(context, group: str, partitions: int) -> tuple[float, str]:
