@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 WEIGHTS ?= ../shared/weights/mobilenet_v1_0.25_224/mobilenet_v1_0.25_224.h5
 
-.PHONY: run dev test bench domain-statistics loadtest soak recalibrate-mitosis train-leukocyte train-chromosome train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
+.PHONY: run dev test bench domain-statistics loadtest soak recalibrate-mitosis train-leukocyte train-chromosome train-chromosome-detector train-metastasis train-protein train-mitosis chromosome-study mitosis-bench clean
 
 $(BIN)/activate: requirements.txt requirements-spark.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared 
 
 train-chromosome: $(BIN)/activate  ## reproduce assets/chromosome (leave-one-spread-out cross-validation)
 	$(BIN)/python -m core.training chromosome --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS) --mode ft --epochs 25 --patience 6 --folds 6 --cross-validate
+
+train-chromosome-detector: $(BIN)/activate  ## reproduce assets/chromosome's detector (leave-one-spread-out, then all spreads)
+	$(BIN)/python -m core.training.chromosome_detector --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS)
 
 train-metastasis: $(BIN)/activate  ## reproduce assets/metastasis (PatchCamelyon; its valid split is the test)
 	$(BIN)/python -m core.training metastasis --data $(DATA)/metastasis/pcam --weights $(WEIGHTS) --mode ft --epochs 30 --patience 6 --input 'network_input=[144,144,3]'

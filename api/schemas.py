@@ -58,9 +58,14 @@ NULLABLE = {name: _nullable(field_class) for name, field_class in FIELD_TYPES.it
 
 def _field(declared) -> fields.Raw:
     """A response field from model.json's ``output`` declaration (core.output_spec.Field)."""
-    if declared.type.endswith("[]"):
-        return _nullable(fields.List)(NULLABLE[declared.type[:-2]], description=declared.description)
-    return NULLABLE[declared.type](description=declared.description)
+    return _typed(declared.type, declared.description)
+
+
+def _typed(type_name: str, description: str | None = None) -> fields.Raw:
+    """The field of a declared type; ``T[]`` a list of T, ``T[][]`` a list of lists."""
+    if type_name.endswith("[]"):
+        return _nullable(fields.List)(_typed(type_name[:-2]), description=description)
+    return NULLABLE[type_name](description=description)
 
 
 domain = Model("Domain", {

@@ -15,7 +15,7 @@ from core.errors import AssetError
 #: the types a field may declare, and the JSON values each admits
 TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,), "object": (dict,),
-    "string[]": (list,), "number[]": (list,), "integer[]": (list,), "object[]": (list,),
+    "string[]": (list,), "number[]": (list,), "integer[]": (list,), "object[]": (list,), "number[][]": (list,),
 }
 
 

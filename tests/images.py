@@ -37,8 +37,9 @@ def blank(size=(320, 240)) -> Image.Image:
     return Image.new("RGB", size, PALE)
 
 
-def spread(size=(640, 480), rods=(), nucleus=(480, 330, 70), seed: int = 0) -> Image.Image:
-    """A metaphase-like field: grey background, dark rods (x, y, length, angle°) and a paler textured nucleus."""
+def spread(size=(640, 480), rods=(), nucleus=(480, 330, 70), seed: int = 0, width: int = 7) -> Image.Image:
+    """A metaphase-like field: grey background, dark rods (x, y, length, angle°) ``width`` px wide and a paler
+    textured nucleus."""
     rng = np.random.default_rng(seed)
     image = Image.new("RGB", size, (150, 148, 160))
     draw = ImageDraw.Draw(image)
@@ -50,7 +51,7 @@ def spread(size=(640, 480), rods=(), nucleus=(480, 330, 70), seed: int = 0) -> I
             draw.ellipse([x + dx - 2, y + dy - 2, x + dx + 2, y + dy + 2], fill=(95, 85, 120))
     for x, y, length, angle in rods:
         dx, dy = np.cos(np.radians(angle)) * length / 2, np.sin(np.radians(angle)) * length / 2
-        draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=(55, 40, 80), width=7)
+        draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=(55, 40, 80), width=width)
     return image
 
 

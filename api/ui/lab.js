@@ -95,7 +95,8 @@ function brief(value) {
 }
 
 function columnsOf(model) {
-  return Object.keys(model.output.prediction).filter((name) => name !== "mask");
+  // masks and outlines are for programs (in the JSON); the picture shows them
+  return Object.keys(model.output.prediction).filter((name) => !["mask", "outline"].includes(name));
 }
 
 function showDomainWarning(id, domain) {

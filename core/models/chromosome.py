@@ -6,6 +6,11 @@ chromosomes), and the pairing of separated sister chromatids (two close, paralle
 size are one chromosome). Each object becomes a crop (its binary mask, or the colour image around it) at a fixed
 pixel scale, so object size is kept, and a small CNN says chromosome or non-chromosome (interphase-nucleus
 fragments, debris, stain).
+
+Where the model ships a detector (model.json ``detector``, core/models/chromosome_detector.py), a spread is
+read by it instead: one chromosome per peak of a learned centre heatmap, each with its outline, mask,
+length and orientation from the segmentation's pixels inside its box; segmented objects outside every
+chromosome's box are the non-chromosomes. ``mode=crop`` always uses the crop classifier.
 """
 from __future__ import annotations
 
@@ -13,15 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation
 
-from core.drawing import draw_banner, draw_boxes
+from core.assets import verify_weights
+from core.drawing import colour_for, draw_banner, draw_boxes
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
+from core.models.chromosome_detector import STRIDE, decode, dihedral_heatmap, stitched_output
 from core.options import Option
+from core.outlines import polygon, rle
+
 
 @dataclass(frozen=True)
 class Segmentation:
@@ -117,6 +126,51 @@ def object_crop(rgb: np.ndarray, labels: np.ndarray, obj, window: int, size: int
 
 
 @dataclass(frozen=True)
+class _Box:
+    """A detection's [x, y, width, height] as the (top, left, bottom, right) ``bbox`` object_crop reads."""
+    xywh: list[int]
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        x, y, w, h = self.xywh
+        return y, x, y + h, x + w
+
+
+def medial_length(mask: np.ndarray) -> float:
+    """Length of an elongated object along its medial axis: the skeleton's length (diagonal steps √2, as a
+    spanning tree so a staircase is not counted twice) plus the half-width the skeleton stops short at each end."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial import cKDTree
+
+    skeleton = morphology.skeletonize(mask)
+    points = np.argwhere(skeleton)
+    if len(points) < 2:
+        return float(mask.any())
+    pairs = cKDTree(points).query_pairs(1.5, output_type="ndarray")
+    steps = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
+    tree = minimum_spanning_tree(coo_matrix((steps, (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2))
+    half_width = float(ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][skeleton].mean())
+    return float(tree.sum()) + 2 * half_width
+
+
+def object_shape(inside: np.ndarray, left: int, top: int, image_shape: tuple[int, int]) -> dict[str, Any]:
+    """What a karyotyping tool reads of an object whose pixels are ``inside`` (a mask of its box, whose corner
+    is at ``left``, ``top`` in an image of ``image_shape``): an outline polygon of its largest part, a COCO
+    RLE mask in the whole image, its length (pixels along the largest part's medial axis) and orientation
+    (degrees anticlockwise from the image's x axis as shown, 0-180, of that part's major axis)."""
+    whole = np.zeros(image_shape, bool)
+    whole[top:top + inside.shape[0], left:left + inside.shape[1]] = inside
+    parts = measure.label(inside)
+    if parts.max() == 0:
+        return {"outline": [], "mask": rle(whole), "length_px": 0, "orientation_deg": None}
+    largest = max(measure.regionprops(parts), key=lambda p: p.area)
+    return {"outline": polygon(parts == largest.label, left, top), "mask": rle(whole),
+            "length_px": round(medial_length(largest.image), 1),
+            "orientation_deg": round(float((np.degrees(largest.orientation) + 90) % 180), 1)}
+
+
+@dataclass(frozen=True)
 class ChromosomeInput(InputSpec):
     segmentation: dict[str, Any]   # parameters of segment_spread
     window_px: int                 # the smallest square cut round an object (scaled to network_input)
@@ -129,6 +183,83 @@ class ChromosomeModel(MicroscopyModel):
         Option("mode", str, "spread: find and classify every object of a metaphase image; "
                "crop: classify one uploaded crop around a single object", choices=("spread", "crop")),
     )
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        #: the detector's forward pass (model.json ``detector``), once loaded
+        self._detector_forward = None
+
+    @property
+    def detector_spec(self) -> dict[str, Any] | None:
+        return self.spec.meta.get("detector")
+
+    def verify(self) -> None:
+        super().verify()
+        if self.detector_spec:
+            verify_weights(self.spec, self.detector_spec["weights"])
+
+    def load(self) -> None:
+        super().load()
+        if self.detector_spec:
+            import keras
+
+            path = self.spec.directory / self.detector_spec["weights"]["file"]
+            self.use_detector_network(keras.saving.load_model(path, compile=False))
+
+    def use_detector_network(self, network) -> None:
+        """Find the chromosomes of a spread with ``network`` (see core/models/chromosome_detector.py)."""
+        from core.runtime import build_forward
+
+        runtime = getattr(self, "_serving", {}).get("runtime", "auto")
+        self._detector_forward = build_forward(network, runtime)[1]
+
+    def predict(self, inputs: Image.Image, options: dict[str, Any]) -> dict[str, Any]:
+        if options["mode"] == "spread" and self._detector_forward is not None:
+            return self.detect_spread(to_rgb8(inputs))
+        return super().predict(inputs, options)
+
+    def detect_spread(self, rgb: np.ndarray) -> dict[str, Any]:
+        """Every chromosome the detector finds, and the segmented objects outside all their boxes."""
+        spec = self.detector_spec
+        scale, height, width = spec["scale"], rgb.shape[0], rgb.shape[1]
+        small = Image.fromarray(rgb).resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                            Image.Resampling.BILINEAR)
+
+        def forward(windows: np.ndarray) -> np.ndarray:
+            return np.concatenate([self._detector_forward(windows[start:start + self.batch_size])
+                                   for start in range(0, len(windows), self.batch_size)])
+
+        if spec.get("tta"):
+            forward = dihedral_heatmap(forward)
+        output = stitched_output(forward, np.asarray(small, np.float32), spec["tile"], spec["margin"])
+        found = segment_spread(rgb.mean(axis=2), self.input.segmentation)
+        foreground = found.labels > 0
+        predictions, covered = [], np.zeros(foreground.shape, bool)
+        for detection in decode(output, spec["threshold"]):
+            x0, y0, x1, y1 = (int(round(v / scale)) for v in detection.box)
+            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, max(x1, x0 + 1)), min(height, max(y1, y0 + 1))
+            if x0 >= x1 or y0 >= y1:
+                continue
+            covered[y0:y1, x0:x1] = True
+            predictions.append({"label": "chromosome", "probability": round(detection.score, 4),
+                                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                **object_shape(foreground[y0:y1, x0:x1], x0, y0, foreground.shape)})
+        if predictions:  # the crop classifier on each chromosome, for the domain check (core.domain) only
+            self._run_batches(np.stack([object_crop(rgb, found.labels, _Box(p["bbox"]), self.input.window_px,
+                                                    self.input.network_px, "colour") for p in predictions]))
+        heat = output[..., 0]
+        for obj in found.objects:
+            row, col = (int(v) for v in obj.centroid)
+            if covered[row, col]:
+                continue
+            top, left, bottom, right = obj.bbox
+            cell = heat[min(heat.shape[0] - 1, int(row * scale) // STRIDE),
+                        min(heat.shape[1] - 1, int(col * scale) // STRIDE)]
+            predictions.append({"label": "non_chromosome", "probability": round(1 - float(cell), 4),
+                                "bbox": [int(left), int(top), int(right - left), int(bottom - top)],
+                                **object_shape(obj.image, left, top, foreground.shape)})
+        counts = {name: sum(p["label"] == name for p in predictions) for name in self.spec.label_names}
+        return {"predictions": predictions, "counts": counts}
 
     def objects(self, rgb: np.ndarray, mode: str) -> tuple[Segmentation, list]:
         """The segmentation and the objects to classify: all of them, or (``crop``) the one nearest the centre."""
@@ -164,12 +295,15 @@ class ChromosomeModel(MicroscopyModel):
 
     def render(self, inputs: Image.Image, result: dict[str, Any]) -> Image.Image:
         image = draw_boxes(to_rgb8(inputs), result["predictions"], self.spec.label_names, captions=False)
+        draw = ImageDraw.Draw(image)
+        for prediction in result["predictions"]:
+            if len(prediction.get("outline", [])) > 2:
+                colour = colour_for(self.spec.label_names.index(prediction["label"]))
+                draw.polygon([tuple(p) for p in prediction["outline"]], outline=colour)
         summary = "   ".join(f"{name.replace('_', '-')}s: {count}" for name, count in result["counts"].items())
         return draw_banner(image, summary, self.spec.label_names)
 
     def warm_up_input(self) -> Image.Image:
-        from PIL import ImageDraw
-
         image = Image.new("RGB", (256, 256), (150, 150, 160))
         ImageDraw.Draw(image).line([(100, 100), (130, 150)], fill=(60, 40, 90), width=8)
         return image

@@ -27,6 +27,7 @@ from core.model_base import MicroscopyModel
 from core.models.protein_features import FEATURE_NAMES, cell_features
 from core.multilabel import field_scores
 from core.options import Option
+from core.outlines import rle
 
 CHANNELS = ("red", "green", "blue", "yellow")
 NO_LABEL = (150, 150, 150)  # outline of a cell with no compartment above its threshold
@@ -62,14 +63,6 @@ def segment_cells(channels: np.ndarray, params: Mapping[str, Any]) -> tuple[np.n
     cell_mask = (body > filters.threshold_otsu(body) * params["cell_threshold_factor"]) | nuclei_mask
     cells = segmentation.watershed(-body, nuclei, mask=cell_mask)
     return cells.astype(np.int32), nuclei.astype(np.int32)
-
-
-def rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO run-length encoding (pycocotools), JSON-ready."""
-    from pycocotools import mask as coco_mask
-
-    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
 @dataclass(frozen=True)

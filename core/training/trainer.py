@@ -130,7 +130,11 @@ def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel]:
     meta.update(companions)
     statistics, section = domain.from_split(model, arrays.x, arrays.groups, split, settings.seed)
     meta["domain"] = domain.write(settings.out, statistics, section)
-    meta["metrics"] = {"split": task.split_note(meta), **metrics}
+    # A section of model.json trained by a command of its own (e.g. the chromosome ``detector``) keeps its
+    # figures (metrics[<section>]) when the main network is trained again.
+    kept = {name: figures for name, figures in spec.meta.get("metrics", {}).items()
+            if name in spec.meta and name not in metrics}
+    meta["metrics"] = {"split": task.split_note(meta), **kept, **metrics}
     meta["training"] = _training_record(settings, history, minutes)
     meta = write_assets(settings.out, meta, network)
     if settings.out.resolve() != (settings.assets_dir / settings.model_id).resolve():

@@ -1,0 +1,166 @@
+"""A centre-heatmap detector of chromosome instances (CenterNet-style) and its target encoding and decoding.
+
+The network sees a spread at half its native scale and answers, every ``STRIDE`` pixels of that input, the
+probability that a chromosome's box centre lies in that cell, the box's size and the centre's offset within
+the cell. Decoding keeps the local maxima of the heatmap: one peak is one chromosome, so sister chromatids
+that have come apart and touching neighbours are counted by what the network learned, not by how the
+threshold cut them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: output cells per input pixel along each axis
+STRIDE = 4
+#: channels of the network's output: heatmap, width, height (in cells), x and y offset within the cell
+CHANNELS = 5
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in input pixels
+    score: float
+
+
+def build_detector(backbone_weights: str = "none", side: int | None = None):
+    """MobileNet v1 (α 0.25) encoder to stride 16 with a two-step upsampling decoder to stride 4; inputs of
+    any size (a multiple of 16) or, with ``side``, ``side``² only (as served: ONNX wants static shapes).
+    ``backbone_weights``: a Keras-2 ``.h5`` file of ImageNet weights, matched by layer name, or ``none``."""
+    import keras
+
+    encoder = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(side, side, 3))
+    if backbone_weights != "none":
+        encoder.load_weights(backbone_weights, by_name=True, skip_mismatch=True)
+    stride4, stride8, stride16 = (encoder.get_layer(name).output
+                                  for name in ("conv_pw_3_relu", "conv_pw_5_relu", "conv_pw_11_relu"))
+    features = keras.Model(encoder.input, [stride4, stride8, stride16], name="encoder")
+
+    pixels = keras.Input((side, side, 3), name="pixels")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(pixels)
+    s4, s8, s16 = features(scaled)
+    x = s16
+    for skip, width, name in ((s8, 64, "up8"), (s4, 32, "up4")):
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
+        x = keras.layers.Concatenate(name=f"{name}_join")([x, skip])
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    heads = []
+    for channels, activation, bias, name in ((1, "sigmoid", -2.19, "heatmap"), (2, None, 0.0, "size"),
+                                             (2, "sigmoid", 0.0, "offset")):
+        h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name=f"{name}_conv")(x)
+        heads.append(keras.layers.Conv2D(channels, 1, activation=activation, name=name,
+                                         bias_initializer=keras.initializers.Constant(bias))(h))
+    outputs = keras.layers.Concatenate(name="detections")(heads)
+    return keras.Model(pixels, outputs, name="chromosome_detector")
+
+
+def encode_targets(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Training targets for an input of ``height``×``width`` px holding ``boxes`` (x0, y0, x1, y1, input px).
+
+    Channels: Gaussian heatmap (1 at each centre cell), width and height in cells, x and y offset of the
+    centre within its cell, and a mask that is 1 at centre cells (where size and offset are learned).
+    """
+    rows, cols = height // STRIDE, width // STRIDE
+    target = np.zeros((rows, cols, CHANNELS + 1), np.float32)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    for x0, y0, x1, y1 in boxes:
+        cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE
+        col, row = int(cx), int(cy)
+        if not (0 <= col < cols and 0 <= row < rows):
+            continue
+        w, h = (x1 - x0) / STRIDE, (y1 - y0) / STRIDE
+        sigma = max(0.7, np.sqrt(w * h) / 6)
+        bump = np.exp(-((xx - col) ** 2 + (yy - row) ** 2) / (2 * sigma ** 2))
+        target[..., 0] = np.maximum(target[..., 0], bump)
+        target[row, col, 0] = 1.0
+        target[row, col, 1:5] = (w, h, cx - col, cy - row)
+        target[row, col, 5] = 1.0
+    return target
+
+
+def detection_loss(target, output):
+    """Focal loss on the heatmap (CenterNet's, α 2, β 4) plus L1 on size (×0.1) and offset at centre cells."""
+    import keras.ops as ops
+
+    heat, truth, mask = output[..., 0], target[..., 0], target[..., 5]
+    heat = ops.clip(heat, 1e-4, 1 - 1e-4)
+    peak = ops.cast(ops.equal(truth, 1.0), "float32")
+    positive = -ops.log(heat) * ops.square(1 - heat) * peak
+    negative = -ops.log(1 - heat) * ops.square(heat) * ops.power(1 - truth, 4) * (1 - peak)
+    centres = ops.maximum(ops.sum(peak), 1.0)
+    regression = ops.abs(output[..., 1:5] - target[..., 1:5]) * ops.expand_dims(mask, -1)
+    size = ops.sum(regression[..., :2]) / centres
+    offset = ops.sum(regression[..., 2:]) / centres
+    return (ops.sum(positive) + ops.sum(negative)) / centres + 0.1 * size + offset
+
+
+def tiles(height: int, width: int, tile: int, margin: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``tile``² windows whose cores (the window less ``margin`` on each side, or up to
+    the image's edge) cover an image of ``height``×``width``; the margin gives the core's edge context."""
+    core = tile - 2 * margin
+    return [(top, left) for top in range(-margin, max(1, height - margin), core)
+            for left in range(-margin, max(1, width - margin), core)]
+
+
+def stitched_output(forward, image: np.ndarray, tile: int, margin: int, per_call: int = 8) -> np.ndarray:
+    """The network's output over a whole image (float pixels), computed on overlapping ``tile``² windows
+    (edges padded by replication) of which each contributes its core: any image size, and memory bounded by
+    ``per_call`` windows at a time."""
+    from core import deadline
+
+    height, width = image.shape[:2]
+    core = tile - 2 * margin
+    padded = np.pad(image, ((margin, tile), (margin, tile), (0, 0)), mode="edge")
+    corners = tiles(height, width, tile, margin)
+    cells, inner = core // STRIDE, margin // STRIDE
+    rows, cols = -(-height // STRIDE), -(-width // STRIDE)
+    whole = np.zeros((rows + cells, cols + cells, CHANNELS), np.float32)
+    for start in range(0, len(corners), per_call):
+        deadline.check()
+        chunk = corners[start:start + per_call]
+        windows = np.stack([padded[top + margin:top + margin + tile, left + margin:left + margin + tile]
+                            for top, left in chunk]).astype(np.float32)
+        for (top, left), output in zip(chunk, forward(windows)):
+            row, col = (top + margin) // STRIDE, (left + margin) // STRIDE
+            whole[row:row + cells, col:col + cells] = output[inner:inner + cells, inner:inner + cells]
+    return whole[:rows, :cols]
+
+
+def dihedral_heatmap(forward):
+    """``forward`` on square windows with its heatmap averaged over the 8 dihedral views of each window (the
+    size and offset channels are the plain view's: they turn with the view)."""
+    def averaged(windows: np.ndarray) -> np.ndarray:
+        plain = forward(windows)
+        heat = plain[..., 0].copy()
+        for flip in (False, True):
+            for turns in range(4):
+                if not flip and turns == 0:
+                    continue
+                view = windows[:, :, ::-1] if flip else windows
+                answer = forward(np.ascontiguousarray(np.rot90(view, turns, axes=(1, 2))))[..., 0]
+                answer = np.rot90(answer, -turns, axes=(1, 2))
+                heat += answer[:, :, ::-1] if flip else answer
+        out = plain.copy()
+        out[..., 0] = heat / 8
+        return out
+    return averaged
+
+
+def decode(output: np.ndarray, threshold: float, max_objects: int = 500) -> list[Detection]:
+    """Peaks of the heatmap (its 3×3 maxima) at or above ``threshold`` as boxes in input pixels."""
+    from scipy.ndimage import maximum_filter
+
+    heat = output[..., 0]
+    peaks = (heat == maximum_filter(heat, size=3, mode="constant")) & (heat >= threshold)
+    rows, cols = np.nonzero(peaks)
+    order = np.argsort(-heat[rows, cols])[:max_objects]
+    found = []
+    for row, col in zip(rows[order], cols[order]):
+        w, h, dx, dy = output[row, col, 1:5]
+        cx, cy = (col + dx) * STRIDE, (row + dy) * STRIDE
+        w, h = max(float(w), 0.5) * STRIDE, max(float(h), 0.5) * STRIDE
+        found.append(Detection((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), float(heat[row, col])))
+    return found

@@ -1,0 +1,325 @@
+"""Training of the chromosome instance detector (core/models/chromosome_detector.py) on spreads with boxes.
+
+    python -m core.training.chromosome_detector --data ../shared/data/chromosome/metaphases --weights H5
+
+First leave-one-spread-out: each spread is detected by a detector trained on the others, at the reporting
+threshold that does best on the other spreads' held-out answers (so no spread's figure comes from a
+threshold chosen on it). Then the shipped detector trains on every spread, with the threshold that does
+best on all held-out answers, and model.json gets its ``detector`` section and ``metrics.detector``.
+
+Each step draws random windows from the training spreads at half their native scale (jittered ±25 %), turned
+by the 8 dihedral views, with brightness, contrast, gamma, colour, blur and noise jitter, and bands: a
+stripe pattern lifted into the dark pixels, as G-banding makes them, so that a chromosome with pale bands
+is still one chromosome.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from core.evaluation import f1_counts, match_centres
+from core.imageio import to_rgb8
+from core.models.chromosome_detector import (build_detector, decode, detection_loss, dihedral_heatmap, encode_targets,
+                                             stitched_output)
+
+#: the detector sees spreads at this fraction of their native size
+SCALE = 0.5
+#: side of a training window, in pixels at SCALE
+WINDOW = 256
+#: the service's tiles (pixels at SCALE) and the margin of each whose answers are not used
+TILE, MARGIN = 384, 64
+#: reporting thresholds tried
+THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+DETECTOR_FILE = "chromosome_detector.keras"
+#: pixels a pasted single chromosome has at least, at its own scale
+MIN_SINGLE_AREA = 200
+
+
+def load_spread(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A spread's RGB pixels and its true boxes (x0, y0, x1, y1)."""
+    from core.models.chromosome_training import yolo_boxes
+
+    with Image.open(image_path) as image:
+        rgb = to_rgb8(image)
+    return rgb, np.asarray(yolo_boxes(label_path, rgb.shape[1], rgb.shape[0]), np.float32).reshape(-1, 4)
+
+
+def _bands(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stripes across the dark (stained) pixels at a random angle and period, as G-banding makes them."""
+    size = window.shape[0]
+    angle, period = rng.uniform(0, np.pi), rng.uniform(3, 8)
+    yy, xx = np.mgrid[0:size, 0:size]
+    wave = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    grey = window.mean(axis=2, keepdims=True)
+    darkness = np.clip((np.median(grey) - 20 - grey) / 60, 0, 1)  # stained pixels only, not the background
+    lift = rng.uniform(0.2, 0.6) * wave[..., None] * darkness
+    return window + lift * (255 - window)
+
+
+def load_singles(folder: Path) -> list[np.ndarray]:
+    """Single chromosomes photographed alone (bright on black, e.g. BioImLab's Q-banded crops) as stain
+    maps: 0 outside the chromosome (its largest bright part), up to 1 at its brightest band."""
+    from skimage import filters, measure
+
+    singles = []
+    for path in sorted(folder.rglob("*.png")):
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"), np.float32)
+        if min(grey.shape) < 8 or grey.max() == grey.min():
+            continue
+        parts = measure.label(grey > filters.threshold_otsu(grey))
+        if parts.max():
+            largest = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
+            if largest.sum() < MIN_SINGLE_AREA:  # a speck the threshold left, not a chromosome
+                continue
+            singles.append(np.where(largest, grey / grey[largest].max(), 0).astype(np.float32))
+    return singles
+
+
+def _paste_singles(window: np.ndarray, boxes: np.ndarray, singles: list[np.ndarray], scale: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Copy-paste: up to 4 single chromosomes, turned at random and stained like the window's darkest pixels,
+    where they overlap no labelled box; returns the boxes with theirs added (synthetic: counts are exact)."""
+    grey = window.mean(axis=2)
+    darkest = window[grey <= np.percentile(grey, 1)].mean(axis=0)
+    stain = darkest if grey.mean() - darkest.mean() > 40 else np.array([60.0, 45.0, 85.0])
+    added = [boxes]
+    for _ in range(rng.integers(1, 5)):
+        single = Image.fromarray((singles[rng.integers(len(singles))] * 255).astype(np.uint8))
+        factor = scale * rng.uniform(0.6, 1.1)
+        single = single.resize((max(2, round(single.width * factor)), max(2, round(single.height * factor))),
+                               Image.BILINEAR).rotate(rng.uniform(0, 360), Image.BILINEAR, expand=True)
+        amount = np.asarray(single, np.float32) / 255
+        rows, cols = np.nonzero(amount > 0.1)
+        if len(rows) == 0:
+            continue
+        amount = amount[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        h, w = amount.shape
+        if h >= WINDOW or w >= WINDOW:
+            continue
+        x, y = int(rng.integers(0, WINDOW - w)), int(rng.integers(0, WINDOW - h))
+        box = np.array([[x, y, x + w, y + h]], np.float32)
+        taken = np.concatenate(added)
+        if len(taken) and np.any((taken[:, 0] < x + w) & (taken[:, 2] > x) & (taken[:, 1] < y + h) & (taken[:, 3] > y)):
+            continue
+        alpha = np.clip(amount * 1.3, 0, 1)[..., None] * rng.uniform(0.7, 1.0)
+        window[y:y + h, x:x + w] = window[y:y + h, x:x + w] * (1 - alpha) + stain * alpha
+        added.append(box)
+    return np.concatenate(added)
+
+
+def random_window(rgb: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
+                  singles: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented ``WINDOW``² training window and its boxes in window pixels; with ``singles``, half the
+    windows get pasted chromosomes (:func:`_paste_singles`)."""
+    scale = SCALE * rng.uniform(0.8, 1.25)
+    side = int(round(WINDOW / scale))
+    height, width = rgb.shape[:2]
+    # Half the windows are centred on a chromosome, so that every step sees some.
+    if len(boxes) and rng.random() < 0.5:
+        x0, y0, x1, y1 = boxes[rng.integers(len(boxes))]
+        left = int((x0 + x1) / 2 - rng.uniform(0.1, 0.9) * side)
+        top = int((y0 + y1) / 2 - rng.uniform(0.1, 0.9) * side)
+    else:
+        left, top = int(rng.integers(0, max(1, width - side))), int(rng.integers(0, max(1, height - side)))
+    left, top = int(np.clip(left, 0, max(0, width - side))), int(np.clip(top, 0, max(0, height - side)))
+    crop = rgb[top:top + side, left:left + side]
+    crop = np.pad(crop, ((0, side - crop.shape[0]), (0, side - crop.shape[1]), (0, 0)), mode="edge")  # small spreads
+    crop = Image.fromarray(crop).resize((WINDOW, WINDOW), Image.BILINEAR)
+    if rng.random() < 0.3:
+        crop = crop.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    window = np.asarray(crop, np.float32)
+    shifted = (boxes - np.array([left, top, left, top], np.float32)) * (WINDOW / side)
+    centres = (shifted[:, :2] + shifted[:, 2:]) / 2
+    keep = np.all((centres >= 0) & (centres < WINDOW), axis=1)
+    shifted = shifted[keep]  # not clipped: a box cut by the edge keeps its centre
+    if singles and rng.random() < 0.5:
+        window = window.copy()
+        shifted = _paste_singles(window, shifted, singles, scale, rng)
+
+    if rng.random() < 0.4:
+        window = _bands(window, rng)
+    grey = window.mean(axis=2, keepdims=True)
+    if rng.random() < 0.3:
+        window = np.repeat(grey, 3, axis=2)  # grey scans
+    window = window * rng.uniform(0.85, 1.15, 3)  # colour balance
+    mean = window.mean()
+    window = (window - mean) * rng.uniform(0.7, 1.4) + mean + rng.uniform(-25, 25)
+    window = 255 * (np.clip(window, 0, 255) / 255) ** rng.uniform(0.7, 1.4)
+    window = window + rng.normal(0, rng.uniform(0, 6), window.shape)
+    window = np.clip(window, 0, 255)
+
+    for _ in range(rng.integers(4)):  # a quarter turn: (x, y) -> (y, W - x)
+        window = np.rot90(window)
+        shifted = np.stack([shifted[:, 1], WINDOW - shifted[:, 2], shifted[:, 3], WINDOW - shifted[:, 0]], axis=1)
+    if rng.random() < 0.5:
+        window = window[:, ::-1]
+        shifted = np.stack([WINDOW - shifted[:, 2], shifted[:, 1], WINDOW - shifted[:, 0], shifted[:, 3]], axis=1)
+    return np.ascontiguousarray(window, np.float32), shifted
+
+
+def batches(spreads: list[tuple[np.ndarray, np.ndarray]], batch_size: int, seed: int,
+            singles: list[np.ndarray] | None = None):
+    rng = np.random.default_rng(seed)
+    while True:
+        images, targets = [], []
+        for _ in range(batch_size):
+            rgb, boxes = spreads[rng.integers(len(spreads))]
+            window, shifted = random_window(rgb, boxes, rng, singles)
+            images.append(window)
+            targets.append(encode_targets(shifted, WINDOW, WINDOW))
+        yield np.stack(images), np.stack(targets)
+
+
+def train(spreads: list[tuple[np.ndarray, np.ndarray]], backbone_weights: str, steps: int, seed: int = 0,
+          batch_size: int = 8, singles: list[np.ndarray] | None = None):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_detector(backbone_weights)
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps, alpha=0.05, warmup_target=None)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=detection_loss)
+    model.fit(batches(spreads, batch_size, seed, singles), steps_per_epoch=steps // 10, epochs=10, verbose=2)
+    return model
+
+
+def network_output(model, rgb: np.ndarray, tta: bool) -> np.ndarray:
+    """The detector's stitched output over a spread (at ``SCALE``), as the service computes it; with ``tta``
+    its heatmap averaged over the 8 dihedral views."""
+    height, width = rgb.shape[:2]
+    small = Image.fromarray(rgb).resize((int(round(width * SCALE)), int(round(height * SCALE))), Image.BILINEAR)
+    forward = lambda batch: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
+    return stitched_output(dihedral_heatmap(forward) if tta else forward, np.asarray(small, np.float32), TILE, MARGIN)
+
+
+def boxes_at(output: np.ndarray, threshold: float) -> list[tuple[float, float, float, float]]:
+    """Decoded boxes (x0, y0, x1, y1) in the spread's own pixels."""
+    return [tuple(v / SCALE for v in d.box) for d in decode(output, threshold)]
+
+
+def _spread_counts(output: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[int, int]:
+    """(predicted, hits) of one spread at ``threshold``; a hit is a box centre inside a true box, one-to-one."""
+    boxes = boxes_at(output, threshold)
+    centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
+    return len(boxes), match_centres(centres, [tuple(b) for b in truth])
+
+
+def _pooled_f1(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray], threshold: float) -> float:
+    counted = [(*_spread_counts(outputs[name], truths[name], threshold), len(truths[name])) for name in outputs]
+    predicted, hits, true = (sum(c[k] for c in counted) for k in range(3))
+    return 2 * hits / max(1, predicted + true)
+
+
+def evaluate_held_out(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Figures of held-out outputs (one per spread), each spread at the threshold best on the others."""
+    per_spread, tp, fp, fn = {}, 0, 0, 0
+    for name in outputs:
+        others = {k: v for k, v in outputs.items() if k != name}
+        chosen = max(THRESHOLDS, key=lambda t: _pooled_f1(others, truths, t))
+        predicted, hits = _spread_counts(outputs[name], truths[name], chosen)
+        true = len(truths[name])
+        tp, fp, fn = tp + hits, fp + predicted - hits, fn + true - hits
+        scores = f1_counts(hits, predicted - hits, true - hits)
+        per_spread[f"spread {name}"] = {"true": true, "predicted": predicted, "hits": hits, "threshold": chosen,
+                                        **{k: scores[k] for k in ("precision", "recall", "f1")},
+                                        "count_error": round(abs(predicted - true) / true, 4)}
+    errors = [s["count_error"] for s in per_spread.values()]
+    return {"split": "leave-one-spread-out: each spread detected by a detector trained on the other spreads, at "
+                     "the threshold best on the other spreads' held-out answers",
+            "spreads": len(outputs), **f1_counts(tp, fp, fn),
+            "count_error_mean": round(float(np.mean(errors)), 4), "count_error_max": round(max(errors), 4),
+            "per_spread": per_spread}
+
+
+def leave_one_spread_out(spreads: dict[str, tuple[np.ndarray, np.ndarray]], weights: str, steps: int,
+                         seed: int, singles: list[np.ndarray] | None = None) -> tuple[dict[str, Any], float]:
+    """The held-out figures (:func:`evaluate_held_out`) with the 8-view heatmap as served, and without it;
+    the threshold best on all held-out answers."""
+    outputs, plain = {}, {}
+    for name in spreads:
+        print(f"[detector] spread {name} held out", flush=True)
+        model = train([v for k, v in spreads.items() if k != name], weights, steps, seed, singles=singles)
+        outputs[name], plain[name] = (network_output(model, spreads[name][0], tta) for tta in (True, False))
+    truths = {name: boxes for name, (_, boxes) in spreads.items()}
+    figures = evaluate_held_out(outputs, truths)
+    figures["without_tta"] = {k: v for k, v in evaluate_held_out(plain, truths).items() if k != "split"}
+    return figures, max(THRESHOLDS, key=lambda t: _pooled_f1(outputs, truths, t))
+
+
+def trivial_baselines(spreads: dict[str, tuple[np.ndarray, np.ndarray]], segmentation: dict[str, Any]) -> dict[str, Any]:
+    """Every segmented object called a chromosome; and each spread's count answered as the others' mean."""
+    from core.models.chromosome import segment_spread
+
+    tp = fp = fn = 0
+    errors = []
+    for name, (rgb, truth) in spreads.items():
+        objects = segment_spread(rgb.mean(axis=2), segmentation).objects
+        hits = match_centres([(o.centroid[1], o.centroid[0]) for o in objects], [tuple(b) for b in truth])
+        tp, fp, fn = tp + hits, fp + len(objects) - hits, fn + len(truth) - hits
+        mean_of_others = np.mean([len(b) for k, (_, b) in spreads.items() if k != name])
+        errors.append(abs(mean_of_others - len(truth)) / len(truth))
+    return {"every_object_a_chromosome": f1_counts(tp, fp, fn),
+            "count_as_the_other_spreads_mean": {"count_error_mean": round(float(np.mean(errors)), 4),
+                                                "count_error_max": round(float(max(errors)), 4)}}
+
+
+def serving_network(trained):
+    """``trained`` rebuilt for a fixed ``TILE``² input, as the service runs it (ONNX wants static shapes)."""
+    network = build_detector("none", TILE)
+    network.set_weights(trained.get_weights())
+    return network
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    import os
+    import sys
+    import time
+
+    from config import ROOT
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="metaphases folder: images/ and YOLO labels/")
+    parser.add_argument("--weights", required=True, help="MobileNet v1 (α 0.25) ImageNet weights (.h5), or none")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--paste", type=Path, help="a folder of single-chromosome crops (bright on black) to paste "
+                        "into training windows as synthetic chromosomes, e.g. BioImLab's")
+    parser.add_argument("--assets", type=Path, default=ROOT / "assets")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from core.assets import read_spec, write_meta
+    from core.models.chromosome_training import spreads as labelled_spreads
+    from core.training.trainer import save_network
+
+    started = time.perf_counter()
+    spec = read_spec(args.assets / "chromosome")
+    spreads = {image.stem: load_spread(image, labels) for image, labels in labelled_spreads(args.data)}
+    singles = load_singles(args.paste) if args.paste else None
+    figures, threshold = leave_one_spread_out(spreads, args.weights, args.steps, args.seed, singles)
+    figures["trivial_baselines"] = trivial_baselines(spreads, spec.meta["input"]["segmentation"])
+    print(f"[detector] {json.dumps({k: v for k, v in figures.items() if k != 'per_spread'})}", flush=True)
+    print(f"[detector] training on all {len(spreads)} spreads; threshold {threshold}", flush=True)
+    network = serving_network(train(list(spreads.values()), args.weights, args.steps, args.seed, singles=singles))
+    meta = read_spec(spec.directory).meta  # as it is now: the run takes a while
+    meta["detector"] = {
+        "weights": save_network(network, spec.directory, DETECTOR_FILE),
+        "scale": SCALE, "tile": TILE, "margin": MARGIN, "threshold": threshold, "tta": True,
+        "training": {"command": "python -m core.training.chromosome_detector " + " ".join(sys.argv[1:] if argv is None else argv),
+                     "steps": args.steps, "seed": args.seed, "window_px": WINDOW, "backbone": "mobilenet_v1_0.25",
+                     "synthetic": (f"{len(singles)} single chromosomes of {args.paste.name} pasted into half the "
+                                   "training windows") if singles else None,
+                     "minutes": round((time.perf_counter() - started) / 60, 1)},
+    }
+    meta.setdefault("metrics", {})["detector"] = figures
+    write_meta(spec.directory, meta)
+    print(f"[detector] wrote {spec.directory / DETECTOR_FILE} and model.json", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The chromosome detector: target encoding and decoding, tiled inference, outlines; the shipped detector on
+spreads the tests draw and its answer's fields."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from pycocotools import mask as coco_mask
+
+from core.models.chromosome import object_shape
+from core.models.chromosome_detector import (CHANNELS, STRIDE, decode, dihedral_heatmap, encode_targets,
+                                             stitched_output)
+from core.training.chromosome_detector import random_window
+from tests.images import RODS, encode, spread
+
+
+def test_decoding_the_targets_gives_back_the_boxes():
+    boxes = np.array([(10, 12, 40, 30), (100, 40, 124, 90), (60, 100, 70, 126)], np.float32)
+    target = encode_targets(boxes, 128, 160)
+    assert target.shape == (32, 40, CHANNELS + 1) and target[..., 5].sum() == len(boxes)
+    found = decode(target[..., :CHANNELS], threshold=0.5)
+    assert len(found) == len(boxes)
+    for detection in found:
+        assert min(np.abs(np.asarray(detection.box) - boxes).max(axis=1)) < 1e-3
+        assert detection.score == 1.0
+
+
+def test_a_peak_is_one_detection_however_wide_its_bump():
+    output = np.zeros((20, 20, CHANNELS), np.float32)
+    yy, xx = np.mgrid[0:20, 0:20]
+    output[..., 0] = 0.9 * np.exp(-((xx - 5) ** 2 + (yy - 6) ** 2) / 8) + 0.7 * np.exp(-((xx - 14) ** 2 + (yy - 13) ** 2) / 8)
+    output[..., 1:3] = 3.0
+    found = decode(output, threshold=0.5)
+    assert [tuple(round(v) for v in d.box) for d in found] == [(14, 18, 26, 30), (50, 46, 62, 58)]
+    assert [round(d.score, 2) for d in found] == [0.9, 0.7]
+    assert decode(output, threshold=0.8)[0].score == pytest.approx(0.9)
+    assert len(decode(output, threshold=0.95)) == 0
+
+
+def cell_means(windows: np.ndarray) -> np.ndarray:
+    """A stand-in network: each output cell is the mean colour of its own STRIDE² pixels."""
+    n, h, w, _ = windows.shape
+    means = windows.reshape(n, h // STRIDE, STRIDE, w // STRIDE, STRIDE, 3).mean(axis=(2, 4))
+    return np.concatenate([means, np.zeros(means.shape[:3] + (CHANNELS - 3,), np.float32)], axis=-1)
+
+
+def test_tiles_stitch_into_the_output_of_one_pass():
+    """A forward pass whose output cell depends only on its own STRIDE² pixels: stitched tiles must equal
+    it computed on the whole image, whatever the image's size against the tile."""
+    rng = np.random.default_rng(0)
+    for height, width in ((100, 100), (130, 250), (300, 61)):
+        image = rng.uniform(0, 255, (height, width, 3)).astype(np.float32)
+        whole = stitched_output(cell_means, image, tile=64, margin=16)
+        rows, cols = -(-height // STRIDE), -(-width // STRIDE)
+        assert whole.shape == (rows, cols, CHANNELS)
+        padded = np.pad(image, ((0, rows * STRIDE - height), (0, cols * STRIDE - width), (0, 0)), mode="edge")
+        assert np.allclose(whole, cell_means(padded[None])[0], atol=1e-4)
+
+
+def test_dihedral_views_are_turned_back_before_averaging():
+    """For a network that turns with its input, the 8 views agree with the plain one; one that does not gets
+    its heatmap averaged."""
+    windows = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    assert np.allclose(dihedral_heatmap(cell_means)(windows), cell_means(windows), atol=1e-4)
+
+    def top_rows_hot(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros(batch.shape[:1] + (8, 8, CHANNELS), np.float32)
+        out[:, 0, :, 0] = 1.0  # whatever the input: not equivariant
+        return out
+
+    heat = dihedral_heatmap(top_rows_hot)(windows)[..., 0]
+    # the top row is hot in 2 of the 8 turned-back views, each edge too; a corner lies on two edges
+    assert np.allclose(heat[:, 0, 0], 4 / 8) and np.allclose(heat[:, 0, 3], 2 / 8) and np.allclose(heat[:, 3, 3], 0)
+
+
+def test_a_training_window_keeps_its_boxes_on_the_chromosomes():
+    """Scaled, turned and flipped with the window: a box still frames the dark pixels of its rod."""
+    rods = ((300, 200, 60, 30), (420, 260, 50, 100))
+    rgb = np.asarray(spread(rods=rods, nucleus=None))
+    boxes = np.array([(x - 30, y - 30, x + 30, y + 30) for x, y, _, _ in rods], np.float32)
+    rng = np.random.default_rng(1)
+    seen = 0
+    for _ in range(20):
+        window, shifted = random_window(rgb, boxes, rng)
+        for x0, y0, x1, y1 in shifted:
+            centre = window[int((y0 + y1) / 2) - 2:int((y0 + y1) / 2) + 3, int((x0 + x1) / 2) - 2:int((x0 + x1) / 2) + 3]
+            assert centre.mean() < window.mean(), "a box centre should sit on its dark rod"
+            seen += 1
+    assert seen >= 10
+
+
+def test_outline_mask_length_and_orientation_of_a_drawn_rod():
+    image = Image.new("L", (200, 120))
+    ImageDraw.Draw(image).line([(40, 90), (120, 30)], fill=255, width=7)  # up and to the right
+    mask = np.asarray(image) > 0
+    shape = object_shape(mask[20:101, 30:131], 30, 20, mask.shape)
+    decoded = coco_mask.decode({"size": shape["mask"]["size"], "counts": shape["mask"]["counts"].encode()})
+    assert decoded.shape == mask.shape and (decoded.astype(bool) == mask).all()
+    xs, ys = zip(*shape["outline"])
+    assert 30 <= min(xs) and max(xs) <= 131 and 20 <= min(ys) and max(ys) <= 101
+    assert len(shape["outline"]) >= 4
+    assert shape["length_px"] == pytest.approx(100, rel=0.15)  # the drawn line is 100 px long
+    assert shape["orientation_deg"] == pytest.approx(np.degrees(np.arctan2(60, 80)), abs=4)
+
+
+def test_the_shipped_detector_counts_drawn_rods_and_not_the_nucleus(client):
+    # 11 px wide: the segmentation tests' 7-px rods are thinner than the spreads' chromosomes it learned
+    # from, and one of them peaks just under the threshold.
+    upload = encode(spread(rods=RODS, width=11))
+    body = client.post("/model/chromosome/predict", data={"image": (io.BytesIO(upload), "s.png")},
+                       content_type="multipart/form-data").get_json()
+    chromosomes = [p for p in body["predictions"] if p["label"] == "chromosome"]
+    assert body["counts"]["chromosome"] == len(RODS) == len(chromosomes), body["counts"]
+    for p in chromosomes:
+        x, y, w, h = p["bbox"]
+        assert any(x <= rx <= x + w and y <= ry <= y + h for rx, ry, _, _ in RODS)
+        assert p["length_px"] > 20 and 0 <= p["orientation_deg"] <= 180 and len(p["outline"]) >= 3
+        assert p["mask"]["size"] == [480, 640]
