@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 from flask import Flask
-from flask_restx import Api
 
 from api import health, inference_protocol, jobs, metrics, model, security, tracing, ui
-from api.errors import register_error_handlers
+from api.errors import ServiceApi, register_error_handlers
 from api.security import AUTHORIZATIONS
 from config import SERVICE_VERSION
 from core.jobs import JobRunner
 from core.registry import ModelRegistry
 
 
-def build_api(app: Flask, registry: ModelRegistry, runner: JobRunner) -> Api:
-    api = Api(app, version=SERVICE_VERSION, title="microscopy-max",
+def build_api(app: Flask, registry: ModelRegistry, runner: JobRunner) -> ServiceApi:
+    api = ServiceApi(app, version=SERVICE_VERSION, title="microscopy-max",
               description="Microscopy models as one REST service. Every model answers the same routes: "
                           "list them with GET /model/metadata, run one with POST /model/{id}/predict; "
                           "whole slides go to POST /model/{id}/jobs and are followed at /jobs/{job_id}.",

@@ -29,11 +29,26 @@ def http_message(exc: HTTPException) -> str:
     return exc.description or exc.name
 
 
+def client_error_response(exc: ClientError) -> tuple[dict[str, str], int, dict[str, str]]:
+    retry = getattr(exc, "retry_after_s", None)  # e.g. a full job queue: when to come back
+    return error_body(exc.message), exc.status, ({"Retry-After": str(retry)} if retry else {})
+
+
+class ServiceApi(Api):
+    """Flask-RESTX logs every answer of 500 or more as a crash, with a traceback; a deliberate 503 (a model
+    still loading, at its admission limit, over its time budget; a full job queue) is one log line."""
+
+    def handle_error(self, e: Exception):
+        if isinstance(e, ClientError):
+            log.info("answered %d: %s", e.status, e.message)
+            return self.make_response(*client_error_response(e))
+        return super().handle_error(e)
+
+
 def register_error_handlers(app: Flask, api: Api) -> None:
     @api.errorhandler(ClientError)
     def _client_error(exc: ClientError):
-        retry = getattr(exc, "retry_after_s", None)  # e.g. a full job queue: when to come back
-        return error_body(exc.message), exc.status, ({"Retry-After": str(retry)} if retry else {})
+        return client_error_response(exc)
 
     @api.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
