@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as coco_mask
 
 from core.models.chromosome import object_shape
-from core.models.chromosome_detector import (CHANNELS, STRIDE, decode, dihedral_heatmap, encode_targets,
-                                             stitched_output)
+from core.models.chromosome_detector import (CHANNELS, MAX_GAIN, STRIDE, decode, dihedral_heatmap, encode_targets,
+                                             grey_levels, stitched_output, to_levels)
 from core.training.chromosome_detector import random_window
 from tests.images import RODS, encode, spread
 
@@ -118,3 +118,15 @@ def test_the_shipped_detector_counts_drawn_rods_and_not_the_nucleus(client):
         assert any(x <= rx <= x + w and y <= ry <= y + h for rx, ry, _, _ in RODS)
         assert p["length_px"] > 20 and 0 <= p["orientation_deg"] <= 180 and len(p["outline"]) >= 3
         assert p["mask"]["size"] == [480, 640]
+
+
+def test_a_paler_brighter_spread_reaches_the_detector_at_the_training_levels():
+    levels = {"background": 100.0, "stain": 55.0}
+    rgb = np.asarray(spread(rods=RODS, nucleus=None, width=11)).astype(np.float32)
+    pale = np.clip(250 - (250 - rgb) * 0.6, 0, 255).astype(np.uint8)  # white background, grey stain
+    mapped = grey_levels(to_levels(pale, levels))
+    assert mapped["background"] == pytest.approx(100, abs=1.5) and mapped["stain"] == pytest.approx(55, abs=2)
+    # a field with no stain is not blown up into one: the gain is bounded
+    flat = np.full((64, 64, 3), 200, np.uint8)
+    flat[::7, ::7] = 196
+    assert np.ptp(to_levels(flat, levels)) <= 4 * MAX_GAIN

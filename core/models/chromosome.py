@@ -27,7 +27,7 @@ from core.drawing import colour_for, draw_banner, draw_boxes
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
-from core.models.chromosome_detector import STRIDE, decode, dihedral_heatmap, stitched_output
+from core.models.chromosome_detector import STRIDE, decode, dihedral_heatmap, stitched_output, to_levels
 from core.options import Option
 from core.outlines import polygon, rle
 
@@ -222,8 +222,9 @@ class ChromosomeModel(MicroscopyModel):
         """Every chromosome the detector finds, and the segmented objects outside all their boxes."""
         spec = self.detector_spec
         scale, height, width = spec["scale"], rgb.shape[0], rgb.shape[1]
-        small = Image.fromarray(rgb).resize((max(1, round(width * scale)), max(1, round(height * scale))),
-                                            Image.Resampling.BILINEAR)
+        seen = to_levels(rgb, spec["levels"]) if spec.get("levels") else rgb
+        small = Image.fromarray(seen).resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                             Image.Resampling.BILINEAR)
 
         def forward(windows: np.ndarray) -> np.ndarray:
             return np.concatenate([self._detector_forward(windows[start:start + self.batch_size])

@@ -97,6 +97,29 @@ def detection_loss(target, output):
     return (ops.sum(positive) + ops.sum(negative)) / centres + 0.1 * size + offset
 
 
+#: the stain level is this percentile of a spread's grey values: chromosomes cover a few per cent of a spread
+STAIN_PERCENTILE = 0.5
+#: the most a spread's contrast is scaled by to reach the training levels (an empty field is not blown up)
+MAX_GAIN = 2.0
+
+
+def grey_levels(rgb: np.ndarray) -> dict[str, float]:
+    """A spread's background (median grey) and stain (the darkest STAIN_PERCENTILE %) levels."""
+    grey = rgb.astype(np.float32).mean(axis=2)
+    return {"background": float(np.median(grey)), "stain": float(np.percentile(grey, STAIN_PERCENTILE))}
+
+
+def to_levels(rgb: np.ndarray, levels: dict[str, float]) -> np.ndarray:
+    """``rgb`` mapped linearly so that its background and stain levels become ``levels``: spreads imaged
+    brighter or paler than the training spreads (e.g. grey G-banded ones on a white background) reach the
+    detector as the training spreads did."""
+    own = grey_levels(rgb)
+    gain = (levels["background"] - levels["stain"]) / max(own["background"] - own["stain"], 1.0)
+    gain = float(np.clip(gain, 1 / MAX_GAIN, MAX_GAIN))
+    mapped = (rgb.astype(np.float32) - own["background"]) * gain + levels["background"]
+    return np.clip(mapped, 0, 255).astype(np.uint8)
+
+
 def tiles(height: int, width: int, tile: int, margin: int) -> list[tuple[int, int]]:
     """Top-left corners of ``tile``² windows whose cores (the window less ``margin`` on each side, or up to
     the image's edge) cover an image of ``height``×``width``; the margin gives the core's edge context."""

@@ -7,6 +7,10 @@ threshold that does best on the other spreads' held-out answers (so no spread's 
 threshold chosen on it). Then the shipped detector trains on every spread, with the threshold that does
 best on all held-out answers, and model.json gets its ``detector`` section and ``metrics.detector``.
 
+Every spread is first mapped to the training spreads' mean background and stain grey levels
+(core.models.chromosome_detector.to_levels; in each fold, the levels of that fold's training spreads), as the
+service maps every upload, so that a brighter or paler spread reaches the detector as the training ones did.
+
 Each step draws random windows from the training spreads at half their native scale (jittered ±25 %), turned
 by the 8 dihedral views, with brightness, contrast, gamma, colour, blur and noise jitter, and bands: a
 stripe pattern lifted into the dark pixels, as G-banding makes them, so that a chromosome with pale bands
@@ -23,7 +27,7 @@ from PIL import Image, ImageFilter
 from core.evaluation import f1_counts, match_centres
 from core.imageio import to_rgb8
 from core.models.chromosome_detector import (build_detector, decode, detection_loss, dihedral_heatmap, encode_targets,
-                                             stitched_output)
+                                             grey_levels, stitched_output, to_levels)
 
 #: the detector sees spreads at this fraction of their native size
 SCALE = 0.5
@@ -234,15 +238,29 @@ def evaluate_held_out(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarr
             "per_spread": per_spread}
 
 
+def training_levels(spreads: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The mean background and stain levels of the training spreads: every spread the detector reads, in
+    training and in service, is mapped to them first (:func:`to_levels`)."""
+    levels = [grey_levels(rgb) for rgb, _ in spreads]
+    return {key: round(float(np.mean([level[key] for level in levels])), 2) for key in levels[0]}
+
+
+def at_levels(spreads: list[tuple[np.ndarray, np.ndarray]], levels: dict[str, float]):
+    return [(to_levels(rgb, levels), boxes) for rgb, boxes in spreads]
+
+
 def leave_one_spread_out(spreads: dict[str, tuple[np.ndarray, np.ndarray]], weights: str, steps: int,
                          seed: int, singles: list[np.ndarray] | None = None) -> tuple[dict[str, Any], float]:
     """The held-out figures (:func:`evaluate_held_out`) with the 8-view heatmap as served, and without it;
-    the threshold best on all held-out answers."""
+    the threshold best on all held-out answers. Each fold's levels come from its training spreads only."""
     outputs, plain = {}, {}
     for name in spreads:
         print(f"[detector] spread {name} held out", flush=True)
-        model = train([v for k, v in spreads.items() if k != name], weights, steps, seed, singles=singles)
-        outputs[name], plain[name] = (network_output(model, spreads[name][0], tta) for tta in (True, False))
+        training = [v for k, v in spreads.items() if k != name]
+        levels = training_levels(training)
+        model = train(at_levels(training, levels), weights, steps, seed, singles=singles)
+        held_out = to_levels(spreads[name][0], levels)
+        outputs[name], plain[name] = (network_output(model, held_out, tta) for tta in (True, False))
     truths = {name: boxes for name, (_, boxes) in spreads.items()}
     figures = evaluate_held_out(outputs, truths)
     figures["without_tta"] = {k: v for k, v in evaluate_held_out(plain, truths).items() if k != "split"}
@@ -305,11 +323,13 @@ def main(argv: list[str] | None = None) -> None:
     figures["trivial_baselines"] = trivial_baselines(spreads, spec.meta["input"]["segmentation"])
     print(f"[detector] {json.dumps({k: v for k, v in figures.items() if k != 'per_spread'})}", flush=True)
     print(f"[detector] training on all {len(spreads)} spreads; threshold {threshold}", flush=True)
-    network = serving_network(train(list(spreads.values()), args.weights, args.steps, args.seed, singles=singles))
+    levels = training_levels(list(spreads.values()))
+    network = serving_network(train(at_levels(list(spreads.values()), levels), args.weights, args.steps, args.seed,
+                                    singles=singles))
     meta = read_spec(spec.directory).meta  # as it is now: the run takes a while
     meta["detector"] = {
         "weights": save_network(network, spec.directory, DETECTOR_FILE),
-        "scale": SCALE, "tile": TILE, "margin": MARGIN, "threshold": threshold, "tta": True,
+        "scale": SCALE, "tile": TILE, "margin": MARGIN, "threshold": threshold, "tta": True, "levels": levels,
         "training": {"command": "python -m core.training.chromosome_detector " + " ".join(sys.argv[1:] if argv is None else argv),
                      "steps": args.steps, "seed": args.seed, "window_px": WINDOW, "backbone": "mobilenet_v1_0.25",
                      "synthetic": (f"{len(singles)} single chromosomes of {args.paste.name} pasted into half the "
