@@ -45,6 +45,9 @@ class MicroscopyModel(ABC):
     batch_size: int = 64
     #: file fields it reads besides 'image' (e.g. one per channel); listed in the Swagger form
     channel_fields: tuple[str, ...] = ()
+    #: model.json sections that may name a second network run beside the main one (mitosis ``subtype``,
+    #: chromosome ``detector``): each with its ``weights``, sha256-checked and loaded like the main weights
+    companions: tuple[str, ...] = ()
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
@@ -57,6 +60,8 @@ class MicroscopyModel(ABC):
         self._classes = 0  # the forward pass's first columns are probabilities, the rest the embedding
         #: the domain check's statistics (model.json ``domain``), once loaded; None: answers are not checked
         self.domain: domain.DomainStatistics | None = None
+        #: the loaded companion networks' forward passes, by section name
+        self._companion_forwards: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def _with_defaults(self, defaults: dict[str, Any]) -> tuple[Option, ...]:
@@ -100,6 +105,9 @@ class MicroscopyModel(ABC):
         verify_weights(self.spec)
         if "domain" in self.spec.meta:
             verify_weights(self.spec, self.spec.meta["domain"])
+        for section in self.companions:
+            if self.spec.meta.get(section):
+                verify_weights(self.spec, self.spec.meta[section]["weights"])
 
     def load(self) -> None:
         self.verify()
@@ -111,6 +119,21 @@ class MicroscopyModel(ABC):
         if "domain" in self.spec.meta and getattr(self, "_serving", {}).get("domain_check", True):
             self.domain = domain.DomainStatistics.load(self.spec.directory / self.spec.meta["domain"]["file"])
         self.use_network(keras.saving.load_model(self.spec.weights_path, compile=False))
+        for section in self.companions:
+            if self.spec.meta.get(section):
+                path = self.spec.directory / self.spec.meta[section]["weights"]["file"]
+                self.use_companion_network(section, keras.saving.load_model(path, compile=False))
+
+    def use_companion_network(self, section: str, network) -> None:
+        """Serve ``network`` as the companion named by model.json ``section`` (see :attr:`companions`)."""
+        from core.runtime import build_forward
+
+        runtime = getattr(self, "_serving", {}).get("runtime", "auto")
+        self._companion_forwards[section] = build_forward(network, runtime)[1]
+
+    def companion_forward(self, section: str) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The companion network's forward pass, or None when the model ships none."""
+        return self._companion_forwards.get(section)
 
     def use_network(self, network) -> None:
         """Serve ``network``: build its fast forward pass (probabilities and, for the domain check, the

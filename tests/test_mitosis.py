@@ -343,7 +343,7 @@ def test_the_subtype_classifier_decides_each_found_mitosis(tmp_path):
     model.json gives; without one, the detector's own split answers."""
     spec = subtype_spec_copy(atypical_at=0.5)
     model = MitosisModel(spec)
-    model.use_subtype_network(darkness_network(spec.meta["subtype"]["network_input"][0]))
+    model.use_companion_network("subtype", darkness_network(spec.meta["subtype"]["network_input"][0]))
     pale, dark = he_field((256, 128), blobs=[(64, 64)], radius=6), he_field((256, 128), blobs=[(192, 64)], radius=30)
     rgb = np.concatenate([np.asarray(pale)[:, :128], np.asarray(dark)[:, 128:]], axis=1)
     found = [{"x": 64, "y": 64, "subtype": "atypical", "subtype_probability": 0.9},
@@ -355,7 +355,7 @@ def test_the_subtype_classifier_decides_each_found_mitosis(tmp_path):
     assert found[0]["subtype_probability"] == pytest.approx(1 - p[0], abs=1e-4)
     assert found[1]["subtype_probability"] == pytest.approx(p[1], abs=1e-4)
     strict = MitosisModel(subtype_spec_copy(atypical_at=float(p[1]) + 0.01))  # a cut-off above the dark one's
-    strict.use_subtype_network(darkness_network(spec.meta["subtype"]["network_input"][0]))
+    strict.use_companion_network("subtype", darkness_network(spec.meta["subtype"]["network_input"][0]))
     strict.assign_subtypes(rgb, found)
     assert [m["subtype"] for m in found] == ["normal", "normal"]
 

@@ -22,7 +22,6 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation
 
-from core.assets import verify_weights
 from core.drawing import colour_for, draw_banner, draw_boxes
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
@@ -184,37 +183,15 @@ class ChromosomeModel(MicroscopyModel):
                "crop: classify one uploaded crop around a single object", choices=("spread", "crop")),
     )
 
-    def __init__(self, spec):
-        super().__init__(spec)
-        #: the detector's forward pass (model.json ``detector``), once loaded
-        self._detector_forward = None
+    #: the chromosome detector (model.json ``detector``, core/models/chromosome_detector.py): reads spreads
+    companions = ("detector",)
 
     @property
     def detector_spec(self) -> dict[str, Any] | None:
         return self.spec.meta.get("detector")
 
-    def verify(self) -> None:
-        super().verify()
-        if self.detector_spec:
-            verify_weights(self.spec, self.detector_spec["weights"])
-
-    def load(self) -> None:
-        super().load()
-        if self.detector_spec:
-            import keras
-
-            path = self.spec.directory / self.detector_spec["weights"]["file"]
-            self.use_detector_network(keras.saving.load_model(path, compile=False))
-
-    def use_detector_network(self, network) -> None:
-        """Find the chromosomes of a spread with ``network`` (see core/models/chromosome_detector.py)."""
-        from core.runtime import build_forward
-
-        runtime = getattr(self, "_serving", {}).get("runtime", "auto")
-        self._detector_forward = build_forward(network, runtime)[1]
-
     def predict(self, inputs: Image.Image, options: dict[str, Any]) -> dict[str, Any]:
-        if options["mode"] == "spread" and self._detector_forward is not None:
+        if options["mode"] == "spread" and self.companion_forward("detector") is not None:
             return self.detect_spread(to_rgb8(inputs))
         return super().predict(inputs, options)
 
@@ -226,8 +203,10 @@ class ChromosomeModel(MicroscopyModel):
         small = Image.fromarray(seen).resize((max(1, round(width * scale)), max(1, round(height * scale))),
                                              Image.Resampling.BILINEAR)
 
+        detector = self.companion_forward("detector")
+
         def forward(windows: np.ndarray) -> np.ndarray:
-            return np.concatenate([self._detector_forward(windows[start:start + self.batch_size])
+            return np.concatenate([detector(windows[start:start + self.batch_size])
                                    for start in range(0, len(windows), self.batch_size)])
 
         if spec.get("tta"):

@@ -21,7 +21,6 @@ from skimage.color import hed_from_rgb
 from skimage.feature import peak_local_max
 
 from core.drawing import draw_banner
-from core.assets import verify_weights
 from core.errors import ClientError
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
@@ -114,35 +113,12 @@ class MitosisModel(MicroscopyModel, SlideModel):
     formats = ("json", "png", "geojson")
     Input = MitosisInput
 
-    def __init__(self, spec):
-        super().__init__(spec)
-        #: the subtype classifier's forward pass (model.json ``subtype``), once loaded; without it the
-        #: detector's own normal / atypical split answers
-        self._subtype_forward = None
+    #: the subtype classifier (model.json ``subtype``); without it the detector's own normal / atypical split answers
+    companions = ("subtype",)
 
     @property
     def subtype_spec(self) -> dict[str, Any] | None:
         return self.spec.meta.get("subtype")
-
-    def verify(self) -> None:
-        super().verify()
-        if self.subtype_spec:
-            verify_weights(self.spec, self.subtype_spec["weights"])
-
-    def load(self) -> None:
-        super().load()
-        if self.subtype_spec:
-            import keras
-
-            path = self.spec.directory / self.subtype_spec["weights"]["file"]
-            self.use_subtype_network(keras.saving.load_model(path, compile=False))
-
-    def use_subtype_network(self, network) -> None:
-        """Subtype every mitosis found with ``network`` (normal, atypical) on a window centred on it."""
-        from core.runtime import build_forward
-
-        runtime = getattr(self, "_serving", {}).get("runtime", "auto")
-        self._subtype_forward = build_forward(network, runtime)[1]
 
     def subtype_windows(self, rgb: np.ndarray, centres: np.ndarray) -> np.ndarray:
         """The subtype classifier's input: the window round each centre, scaled to its network's side."""
@@ -154,8 +130,10 @@ class MitosisModel(MicroscopyModel, SlideModel):
 
     def atypical_probability(self, windows: np.ndarray) -> np.ndarray:
         """The subtype classifier's atypical probability, averaged over the 8 dihedral views."""
+        subtype = self.companion_forward("subtype")
+
         def forward(batch: np.ndarray) -> np.ndarray:
-            return np.concatenate([self._subtype_forward(batch[start:start + self.batch_size].astype(np.float32))
+            return np.concatenate([subtype(batch[start:start + self.batch_size].astype(np.float32))
                                    for start in range(0, len(batch), self.batch_size)])
 
         return dihedral_mean(forward, windows)[:, 1] if len(windows) else np.zeros(0, np.float32)
@@ -163,7 +141,7 @@ class MitosisModel(MicroscopyModel, SlideModel):
     def assign_subtypes(self, rgb: np.ndarray, found: list[dict[str, Any]]) -> None:
         """With a subtype classifier: each mitosis's subtype from a window centred on it (positions in
         ``rgb``'s pixels); its cut-off for atypical was chosen on the validation slides."""
-        if self._subtype_forward is None or not found:
+        if self.companion_forward("subtype") is None or not found:
             return
         centres = np.array([(m["y"], m["x"]) for m in found])
         atypical = self.atypical_probability(self.subtype_windows(rgb, centres))

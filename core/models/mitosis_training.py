@@ -237,7 +237,7 @@ class MitosisTraining(TrainingRecipe):
                     callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=4,
                                                              restore_best_weights=True),
                                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2)])
-        self.model.use_subtype_network(network)
+        self.model.use_companion_network("subtype", network)
 
         def pairs(index: np.ndarray, cut: float) -> list[tuple[bool, bool]]:
             return list(zip(y[index].astype(bool).tolist(), (atypical[index] >= cut).tolist()))
