@@ -130,3 +130,16 @@ def test_a_paler_brighter_spread_reaches_the_detector_at_the_training_levels():
     flat = np.full((64, 64, 3), 200, np.uint8)
     flat[::7, ::7] = 196
     assert np.ptp(to_levels(flat, levels)) <= 4 * MAX_GAIN
+
+
+def test_the_held_out_figures_carry_intervals_over_spreads_that_hold_the_pooled_figure():
+    from core.training.chromosome_detector import spread_intervals
+
+    per_spread = {f"spread {k}": {"true": 50, "predicted": 50 + d, "hits": 48, "count_error": abs(d) / 50}
+                  for k, d in enumerate((-3, 0, 2, 4, -1))}
+    found = spread_intervals(per_spread)
+    pooled = 2 * 5 * 48 / sum(s["predicted"] + s["true"] for s in per_spread.values())
+    low, high = found["f1_interval_95"]
+    assert low < pooled < high <= 1
+    low, high = found["count_error_mean_interval_95"]
+    assert 0 <= low < 0.04 < high <= 0.08

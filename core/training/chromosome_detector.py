@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from core.evaluation import f1_counts, match_centres
+from core.evaluation import bootstrap_interval, f1_counts, match_centres
 from core.imageio import to_rgb8
 from core.models.chromosome_detector import (build_detector, decode, detection_loss, dihedral_heatmap, encode_targets,
                                              grey_levels, stitched_output, to_levels)
@@ -235,7 +235,23 @@ def evaluate_held_out(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarr
                      "the threshold best on the other spreads' held-out answers",
             "spreads": len(outputs), **f1_counts(tp, fp, fn),
             "count_error_mean": round(float(np.mean(errors)), 4), "count_error_max": round(max(errors), 4),
-            "per_spread": per_spread}
+            **spread_intervals(per_spread), "per_spread": per_spread}
+
+
+def spread_intervals(per_spread: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """95 % bootstrap intervals over spreads (few spreads carry the figures) of the pooled F1 and of the mean
+    count error, from each spread's true, predicted and hit counts."""
+    spreads = list(per_spread.values())
+
+    def pooled_f1(sample: list[dict[str, Any]]) -> float:
+        return 2 * sum(s["hits"] for s in sample) / sum(s["predicted"] + s["true"] for s in sample)
+
+    def mean_error(sample: list[dict[str, Any]]) -> float:
+        return float(np.mean([s["count_error"] for s in sample]))
+
+    return {"f1_interval_95": list(bootstrap_interval(spreads, pooled_f1)),
+            "count_error_mean_interval_95": list(bootstrap_interval(spreads, mean_error)),
+            "interval": f"bootstrap over the {len(spreads)} spreads"}
 
 
 def training_levels(spreads: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
