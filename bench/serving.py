@@ -5,9 +5,11 @@ Runtime and TensorFlow, and whether they agree). For each typical upload (bench/
 model, the metastasis patch and region apart): (a) the limit, the whole request in-process (decode, analysis,
 answer JSON; no HTTP) back to back, once in one process with the runtimes' threads and once in one
 single-threaded process per core, the better of the two being the limit; (b) this service as configured by
-default (gunicorn, micro-batching, the default runtime) and (c) bench/max_baseline.py, each under 1, 4, 8 and
-16 concurrent clients sending that upload: requests/s and p50/p95/p99 latency, and the service's share of the
-limit. Also start-up time to ready and resident memory. Writes bench/results.json and prints the tables.
+default (gunicorn, micro-batching, the default runtime), (c) the same pipeline served by BentoML with adaptive
+batching (bench/bentoml_peer.py, in its own environment, made here on first use) and (d) bench/max_baseline.py,
+each under 1, 4, 8 and 16 concurrent clients sending that upload: requests/s and p50/p95/p99 latency, and the
+service's share of the limit. Also start-up time to ready and resident memory. Writes bench/results.json and
+prints the tables.
 Timings depend on the machine and its load: compare only figures of one run.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ from config import ROOT
 
 CLIENTS = (1, 4, 8, 16)
 LOG = ROOT / ".cache" / "bench-servers.log"
+BENTOML_VENV = ROOT / ".cache" / "bentoml-venv"
 MAX_PIXELS = 64_000_000
 
 
@@ -136,13 +139,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(base: str, process: subprocess.Popen, timeout: float = 300) -> float:
+def wait_ready(base: str, process: subprocess.Popen, timeout: float = 300, ready_path: str = "/health/ready") -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
             raise SystemExit(f"server exited with code {process.returncode}; see {LOG}")
         try:
-            if requests.get(f"{base}/health/ready", timeout=2).status_code == 200:
+            if requests.get(f"{base}{ready_path}", timeout=2).status_code == 200:
                 return time.monotonic() - started
         except requests.RequestException:  # not listening yet, or busy loading
             pass
@@ -169,6 +172,16 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` that runs Python (BentoML starts its workers through an arbiter)."""
+    found, queue = [], children(pid)
+    while queue:
+        child = queue.pop()
+        found.append(child)
+        queue.extend(children(child))
+    return [p for p in found if "python" in Path(f"/proc/{p}/exe").resolve().name] if found else []
+
+
 def load(base: str, upload: Upload, clients: int, seconds: float) -> dict:
     """``clients`` threads posting ``upload`` back to back for ``seconds``; latency percentiles and rate."""
     url = f"{base}/model/{upload.model}/predict"
@@ -182,11 +195,14 @@ def load(base: str, upload: Upload, clients: int, seconds: float) -> dict:
         session = requests.Session()
         while time.monotonic() < stop:
             started = time.perf_counter()
-            response = session.post(url, files=files, timeout=120)
+            try:
+                failed = session.post(url, files=files, timeout=120).status_code != 200
+            except requests.RequestException:  # e.g. no answer within the client's 120 s: counted, not lost
+                failed = True
             elapsed = time.perf_counter() - started
             with lock:
                 latencies.append(elapsed)
-                errors[0] += response.status_code != 200
+                errors[0] += failed
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -219,16 +235,33 @@ def gunicorn_server(data_name: str) -> Iterator[tuple[str, subprocess.Popen]]:
             server.wait(30)
 
 
+def bentoml_command() -> list[str]:
+    """``bentoml serve`` of bench/bentoml_peer.py, from its own environment (made on first use, a few minutes)."""
+    bentoml = BENTOML_VENV / "bin" / "bentoml"
+    requirements = ROOT / "bench" / "requirements-bentoml.txt"
+    stamp = BENTOML_VENV / "requirements.txt"
+    if not bentoml.exists() or not stamp.exists() or stamp.read_text() != requirements.read_text():
+        print(f"[peer] making the BentoML environment in {BENTOML_VENV.relative_to(ROOT)}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(BENTOML_VENV)], check=True)
+        subprocess.run([str(BENTOML_VENV / "bin" / "pip"), "install", "--quiet", "-r", str(requirements)],
+                       check=True)
+        stamp.write_text(requirements.read_text())
+    return [str(bentoml), "serve", "bench.bentoml_peer:MicroscopyPeer"]
+
+
 def serve_and_measure(command: list[str], env: dict, uploads: list[Upload], seconds: float,
-                      clients_levels: tuple[int, ...] = CLIENTS) -> dict:
+                      clients_levels: tuple[int, ...] = CLIENTS, ready_path: str = "/health/ready") -> dict:
+    """Start ``command`` (``--port`` added unless it is gunicorn, which reads MMAX_PORT), then measure each
+    upload at each client count; resident memory of its worker processes afterwards."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     LOG.parent.mkdir(parents=True, exist_ok=True)
     log = LOG.open("ab")  # the access log of every request: a pipe would fill up and stall the server
-    process = subprocess.Popen(command + (["--port", str(port)] if "bench.max_baseline" in command else []),
+    gunicorn = Path(command[0]).name == "gunicorn"
+    process = subprocess.Popen(command + ([] if gunicorn else ["--port", str(port)]),
                                cwd=ROOT, env={**env, "MMAX_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ready_s = wait_ready(base, process)
+        ready_s = wait_ready(base, process, ready_path=ready_path)
         out = {"ready_s": round(ready_s, 1), "uploads": {}}
         for upload in uploads:
             load(base, upload, 2, 2)  # warm both the client and the server paths
@@ -236,7 +269,7 @@ def serve_and_measure(command: list[str], env: dict, uploads: list[Upload], seco
             for clients in clients_levels:
                 out["uploads"][upload.name][str(clients)] = load(base, upload, clients, seconds)
                 print(f"  {upload.name} {clients:>2} clients: {out['uploads'][upload.name][str(clients)]}", flush=True)
-        workers = children(process.pid) or [process.pid]
+        workers = descendants(process.pid) or [process.pid]
         out["rss_mb_per_worker"] = [rss_mb(pid) for pid in workers]
         return out
     finally:
@@ -273,13 +306,17 @@ def main() -> None:
     print("[service] gunicorn, MMAX_WORKERS=2 (forward threads divided between them)", flush=True)
     two_workers = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"],
                                     {**env, "MMAX_WORKERS": "2"}, uploads, args.seconds, (1, 8))
+    print("[peer] BentoML, adaptive batching (bench/bentoml_peer.py)", flush=True)
+    bentoml = serve_and_measure(bentoml_command(), {**env, "BENTOML_HOME": str(ROOT / ".cache" / "bentoml-home"),
+                                                    "BENTOML_DO_NOT_TRACK": "True"},
+                                uploads, args.seconds, ready_path="/readyz")
     print("[baseline] MAX-style Flask development server", flush=True)
     baseline = serve_and_measure([python, "-m", "bench.max_baseline", "--models", ",".join(models)], env, uploads,
                                  args.seconds)
     for name, record in requests_.items():
         record["service"] = service["uploads"][name]
         record["service_2_workers"] = two_workers["uploads"][name]
-        record["peers"] = {"max_style": baseline["uploads"][name]}
+        record["peers"] = {"bentoml": bentoml["uploads"][name], "max_style": baseline["uploads"][name]}
         record["service_over_limit"] = {c: round(record["service"][c]["rps"] / record["inprocess_all_cores_rps"], 2)
                                         for c in record["service"]}
     for model_id in models:
@@ -293,6 +330,7 @@ def main() -> None:
     results["startup"] = {"service_ready_s": service["ready_s"], "baseline_ready_s": baseline["ready_s"],
                           "service_rss_mb_per_worker": service["rss_mb_per_worker"],
                           "service_2_workers_rss_mb_per_worker": two_workers["rss_mb_per_worker"],
+                          "bentoml_ready_s": bentoml["ready_s"], "bentoml_rss_mb": bentoml["rss_mb_per_worker"],
                           "baseline_rss_mb": baseline["rss_mb_per_worker"]}
     results["machine"] = {"cpus": os.cpu_count()}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -301,17 +339,21 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     print("\n| upload | limit req/s (1 process / 1 per core) | clients | service req/s | service / limit "
-          "| service p50 / p99 ms | 2 workers req/s | MAX-style req/s | service / MAX-style |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| service p50 / p99 ms | 2 workers req/s | BentoML req/s | BentoML p50 / p99 ms | service / BentoML "
+          "| MAX-style req/s | service / MAX-style |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results["requests"].items():
         limit = (f"**{r['inprocess_all_cores_rps']}** ({r['one_process']['rps']} / "
                  f"{r['one_process_per_core']['rps']})")
         for clients in CLIENTS:
             s, b = r["service"][str(clients)], r["peers"]["max_style"][str(clients)]
+            bento = r["peers"]["bentoml"][str(clients)]
             two = r["service_2_workers"].get(str(clients), {}).get("rps", "")
             print(f"| {name} | {limit if clients == 1 else ''} | {clients} | {s['rps']} | "
-                  f"{r['service_over_limit'][str(clients)]:.2f} | {s['p50_ms']} / {s['p99_ms']} | {two} | {b['rps']} | "
-                  f"{s['rps'] / max(b['rps'], 1e-9):.1f}x |")
+                  f"{r['service_over_limit'][str(clients)]:.2f} | {s['p50_ms']} / {s['p99_ms']} | {two} | "
+                  f"{bento['rps']} | {bento['p50_ms']} / {bento['p99_ms']} | "
+                  f"{s['rps'] / max(bento['rps'], 1e-9):.1f}x | "
+                  f"{b['rps']} | {s['rps'] / max(b['rps'], 1e-9):.1f}x |")
     models = [m for m in results if m not in {"requests", "startup", "machine"}]
     print("networks: " + "; ".join(
         f"{m}: {results[m]['limit_images_per_s']} images/s, batch-1 forward {results[m]['forward_ms_batch1']} ms "

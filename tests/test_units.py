@@ -96,6 +96,22 @@ def test_augmentation_keeps_stain_colour():
     assert saturation(augmented) > 0.6 * saturation(batch)
 
 
+def test_augmentation_without_colour_jitter_moves_pixels_but_keeps_their_colours():
+    """--no-colour-jitter: geometry only, so an image of one colour keeps it exactly, while colour jitter moves it;
+    a smear's layout still changes."""
+    from core.training.data import augmenter
+    from tests.images import smear as draw
+
+    flat = np.broadcast_to(np.array([200, 120, 170], np.float32), (8, 64, 64, 3)).copy()
+    plain = np.asarray(augmenter(seed=0, fill="reflect", colour=False)(flat, training=True))
+    jittered = np.asarray(augmenter(seed=0, fill="reflect")(flat, training=True))
+    assert np.abs(plain - flat).max() < 0.5
+    assert np.abs(jittered - flat).max() > 5.0
+
+    smear = np.asarray(draw(size=(96, 96), leukocytes=((40, 52, 20),), platelets=()), np.float32)[None]
+    assert np.abs(np.asarray(augmenter(seed=0, colour=False)(smear, training=True)) - smear).mean() > 1.0
+
+
 def test_malformed_setting_names_the_variable(monkeypatch):
     from config import Config
 

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stain-jitter", type=float, default=0.0, metavar="SIGMA",
                         help="HED stain augmentation for stained tissue: each image's stain densities scaled by "
                              "U(1-SIGMA, 1+SIGMA) and shifted by U(-SIGMA/10, SIGMA/10), e.g. 0.05; 0 (default): none")
+    parser.add_argument("--no-colour-jitter", dest="colour_jitter", action="store_false",
+                        help="train without the brightness, contrast, saturation and hue jitter (geometry only): "
+                             "for data from one lab, where colour itself tells classes apart")
     parser.add_argument("--no-tta", dest="tta", action="store_false",
                         help="serve without 8-fold dihedral test-time augmentation")
     parser.add_argument("--cross-validate", action="store_true",
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
         folds=args.folds, fold=args.fold, val_fraction=args.val_fraction, seed=args.seed,
         cache_dir=args.cache_dir, limit_groups=args.limit_groups, tta=args.tta, stain_sigma=args.stain_jitter,
+        colour_jitter=args.colour_jitter,
         input_overrides=dict(_key_value(item) for item in args.input),
         command="python -m core.training " + shlex.join(argv if argv is not None else sys.argv[1:]),
     )

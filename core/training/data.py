@@ -89,15 +89,20 @@ def three_way_split(arrays: Arrays, folds: int, fold: int, val_fraction: float, 
     return split
 
 
-def augmenter(seed: int, fill: str = "constant"):
-    """Orthogonal and free rotations, flips, zoom and colour jitter: stain and scanner vary between labs.
-    ``fill`` is how rotated corners are filled: "constant" (black) or "reflect"."""
+def augmenter(seed: int, fill: str = "constant", colour: bool = True):
+    """Orthogonal and free rotations, flips, zoom and (``colour``) colour jitter: stain and scanner vary between
+    labs. ``fill`` is how rotated corners are filled: "constant" (black) or "reflect"."""
     import keras
 
-    return keras.Sequential([
+    geometry = [
         keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
         keras.layers.RandomRotation(0.5, fill_mode=fill, seed=seed),
         keras.layers.RandomZoom(0.25, seed=seed),
+    ]
+    if not colour:
+        return keras.Sequential(geometry, name="augment")
+    return keras.Sequential([
+        *geometry,
         keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
         keras.layers.RandomContrast(0.1, seed=seed),
         # Keras 3: saturation factor 0.5 is "no change" (0 = grey); hue factor 0 is "no change".
@@ -144,14 +149,14 @@ def shuffled_batches(tensors: tuple[np.ndarray, ...], batch_size: int, shuffle: 
 
 
 def dataset(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, batch_size: int, augment: bool, seed: int,
-            fill: str = "constant", stain_sigma: float = 0.0):
-    """Batches of (pixels, targets[, per-example weights]); shuffled and augmented for training (with HED
-    stain jitter of ``stain_sigma`` when it is above 0)."""
+            fill: str = "constant", stain_sigma: float = 0.0, colour_jitter: bool = True):
+    """Batches of (pixels, targets[, per-example weights]); shuffled and augmented for training (colour jitter
+    unless ``colour_jitter`` is False; HED stain jitter of ``stain_sigma`` when it is above 0)."""
     import tensorflow as tf
 
     data = shuffled_batches((x, y) if weights is None else (x, y, weights), batch_size, augment, seed)
     if augment:
-        layers = augmenter(seed, fill)
+        layers = augmenter(seed, fill, colour_jitter)
         data = data.map(lambda xb, *rest: (tf.clip_by_value(layers(xb, training=True), 0.0, 255.0), *rest),
                         num_parallel_calls=tf.data.AUTOTUNE)
     if augment and stain_sigma > 0:

@@ -44,6 +44,7 @@ class TrainSettings:
     limit_groups: int | None = None
     input_overrides: dict[str, Any] | None = None  # model.json "input" fields changed for this run
     stain_sigma: float = 0.0  # HED stain jitter in training (core.training.data.hed_jitter); 0: none
+    colour_jitter: bool = True  # brightness, contrast, saturation and hue jitter in training
     tta: bool = True  # serve with (and report) 8-fold dihedral test-time augmentation (single-label)
     command: str | None = None  # the command line, recorded in model.json
 
@@ -108,7 +109,7 @@ def _train_fold(settings: TrainSettings) -> tuple[dict[str, Any], SingleLabel]:
     history = network.fit(
         dataset(arrays.x[train_index], targets[train_index], task.sample_weights(targets[train_index]),
                 settings.batch_size, augment=True, seed=settings.seed, fill=recipe.rotation_fill,
-                stain_sigma=settings.stain_sigma),
+                stain_sigma=settings.stain_sigma, colour_jitter=settings.colour_jitter),
         validation_data=dataset(arrays.x[val_index], targets[val_index], None, settings.batch_size,
                                 augment=False, seed=settings.seed),
         epochs=settings.epochs, callbacks=callbacks, verbose=2,
