@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from skimage import feature, measure, morphology
 
 from core import deadline
+from core.morphology import dilate_disk, erode_disk
 
 RADIAL_BINS = 4     # cytoplasm from the nucleus's edge (0) to the cell's edge (1)
 EDGE_PX = 3         # width of the cell-edge and nuclear-rim bands at the 512-px field scale
@@ -85,9 +86,9 @@ def cell_features(channels: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -
             return float(signal[where].mean() / mean) if where.any() else 1.0
 
         cytoplasm = inside & ~nucleus
-        rim = nucleus ^ ndi.binary_erosion(nucleus, morphology.disk(EDGE_PX))
-        rim |= ndi.binary_dilation(nucleus, morphology.disk(EDGE_PX)) & cytoplasm
-        edge = inside & ~ndi.binary_erosion(inside, morphology.disk(EDGE_PX))
+        rim = nucleus ^ erode_disk(nucleus, EDGE_PX)
+        rim |= dilate_disk(nucleus, EDGE_PX) & cytoplasm
+        edge = inside & ~erode_disk(inside, EDGE_PX)
         to_nucleus = ndi.distance_transform_edt(~nucleus)
         to_edge = ndi.distance_transform_edt(inside)
         position = to_nucleus / (to_nucleus + to_edge + 1e-9)
