@@ -36,7 +36,7 @@ soak: $(BIN)/activate  ## 3 minutes of mixed hostile load (largest uploads, nois
 	$(BIN)/python -m bench.soak
 
 train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data (leave-cells-out cross-validation)
-	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --epochs 40 --cross-validate
+	$(BIN)/python -m core.training leukocyte --data $(DATA)/leukocyte/train --weights $(WEIGHTS) --mode ft --epochs 40 --cross-validate --no-colour-jitter
 
 train-chromosome: $(BIN)/activate  ## reproduce assets/chromosome (leave-one-spread-out cross-validation)
 	$(BIN)/python -m core.training chromosome --data $(DATA)/chromosome/metaphases --weights $(WEIGHTS) --mode ft --epochs 25 --patience 6 --folds 6 --cross-validate
