@@ -67,6 +67,25 @@ def test_onnx_and_tensorflow_forward_passes_agree():
         build_forward(network, "tpu")
 
 
+def test_shrinking_the_onnx_arenas_hands_back_a_large_batch_and_keeps_the_answers():
+    import keras
+
+    from core.memory import resident_bytes
+    from core.runtime import shrink_arenas
+
+    inputs = keras.Input((128, 128, 3))
+    x = keras.layers.Conv2D(32, 3, activation="relu")(keras.layers.Conv2D(32, 3, activation="relu")(inputs))
+    network = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    _, forward = build_forward(network, "onnx")
+    one = np.random.default_rng(2).uniform(0, 255, (1, 128, 128, 3)).astype(np.float32)
+    expected = forward(one)
+    forward(np.zeros((64, 128, 128, 3), np.float32))  # the arena grows to this batch's ~250 MB of activations
+    grown = resident_bytes()
+    assert shrink_arenas() >= 1
+    assert grown - resident_bytes() > 100 * 2**20
+    np.testing.assert_allclose(forward(one), expected, atol=1e-6)
+
+
 def test_concurrent_api_calls_equal_sequential_ones(client):
     images = [encode(smear(leukocytes=((160, 120, 18 + 2 * k),), seed=k)) for k in range(12)]
 
