@@ -367,7 +367,7 @@ def test_subtype_training_uses_the_detectors_split_and_records_its_weights(tmp_p
     from core.training.trainer import TrainSettings
 
     write_crop_set(tmp_path)
-    spec = subtype_spec_copy(sampling={"shift_px": 4, "shifted": 1, "epochs": 1})
+    spec = subtype_spec_copy(sampling={"shift_px": 4, "shifted": 1, "epochs": 1, "stain_sigma": 0.05})
     recipe = MitosisTraining(MitosisModel(spec))
     settings = TrainSettings(model_id="mitosis", data=tmp_path, out=tmp_path / "out", assets_dir=tmp_path,
                              batch_size=4)

@@ -230,7 +230,7 @@ class MitosisTraining(TrainingRecipe):
         network.compile(optimizer=keras.optimizers.Adam(3e-4), loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"])
         network.fit(dataset(x[train], y[train], weight[y[train]].astype(np.float32), settings.batch_size, True,
-                            settings.seed, self.rotation_fill),
+                            settings.seed, self.rotation_fill, stain_sigma=spec["sampling"].get("stain_sigma", 0.0)),
                     validation_data=dataset(x[val], y[val], weight[y[val]].astype(np.float32), settings.batch_size,
                                             False, settings.seed),
                     epochs=spec["sampling"]["epochs"], verbose=2,

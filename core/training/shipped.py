@@ -9,14 +9,18 @@ from pathlib import Path
 from config import ROOT
 
 
-def arguments(prog: str, description: str | None, argv: list[str] | None) -> argparse.Namespace:
-    """model_id, --data, --assets and --cache-dir, parsed from ``argv``."""
+def arguments(prog: str, description: str | None, argv: list[str] | None,
+              flags: dict[str, str] | None = None) -> argparse.Namespace:
+    """model_id, --data, --assets, --cache-dir and the command's own on/off ``flags`` (name: help), parsed
+    from ``argv``."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_id")
     parser.add_argument("--data", type=Path, required=True, help="the model's training data folder")
     parser.add_argument("--assets", type=Path, default=ROOT / "assets")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "training")
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return args
