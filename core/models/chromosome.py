@@ -215,7 +215,7 @@ class ChromosomeModel(MicroscopyModel):
         found = segment_spread(rgb.mean(axis=2), self.input.segmentation)
         foreground = found.labels > 0
         predictions, covered = [], np.zeros(foreground.shape, bool)
-        for detection in decode(output, spec["threshold"]):
+        for detection in decode(output, spec["threshold"], spec.get("max_overlap", 1.0)):
             x0, y0, x1, y1 = (int(round(v / scale)) for v in detection.box)
             x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, max(x1, x0 + 1)), min(height, max(y1, y0 + 1))
             if x0 >= x1 or y0 >= y1:

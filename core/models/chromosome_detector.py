@@ -24,7 +24,7 @@ class Detection:
     score: float
 
 
-def build_detector(backbone_weights: str = "none", side: int | None = None):
+def build_detector(backbone_weights: str = "none", side: int | None = None, name: str = "chromosome_detector"):
     """MobileNet v1 (α 0.25) encoder to stride 16 with a two-step upsampling decoder to stride 4; inputs of
     any size (a multiple of 16) or, with ``side``, ``side``² only (as served: ONNX wants static shapes).
     ``backbone_weights``: a Keras-2 ``.h5`` file of ImageNet weights, matched by layer name, or ``none``."""
@@ -41,20 +41,38 @@ def build_detector(backbone_weights: str = "none", side: int | None = None):
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit")(pixels)
     s4, s8, s16 = features(scaled)
     x = s16
-    for skip, width, name in ((s8, 64, "up8"), (s4, 32, "up4")):
-        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
-        x = keras.layers.Concatenate(name=f"{name}_join")([x, skip])
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    for skip, width, step in ((s8, 64, "up8"), (s4, 32, "up4")):
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{step}_resize")(x)
+        x = keras.layers.Concatenate(name=f"{step}_join")([x, skip])
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{step}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"{step}_bn")(x)
+        x = keras.layers.ReLU(name=f"{step}_relu")(x)
     heads = []
-    for channels, activation, bias, name in ((1, "sigmoid", -2.19, "heatmap"), (2, None, 0.0, "size"),
+    for channels, activation, bias, head in ((1, "sigmoid", -2.19, "heatmap"), (2, None, 0.0, "size"),
                                              (2, "sigmoid", 0.0, "offset")):
-        h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name=f"{name}_conv")(x)
-        heads.append(keras.layers.Conv2D(channels, 1, activation=activation, name=name,
+        h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name=f"{head}_conv")(x)
+        heads.append(keras.layers.Conv2D(channels, 1, activation=activation, name=head,
                                          bias_initializer=keras.initializers.Constant(bias))(h))
     outputs = keras.layers.Concatenate(name="detections")(heads)
-    return keras.Model(pixels, outputs, name="chromosome_detector")
+    return keras.Model(pixels, outputs, name=name)
+
+
+def ensemble(members: list, side: int):
+    """One network for ``side``² inputs whose output is the mean of the ``members``' outputs (detectors of one
+    architecture trained from different random starts): their mistakes differ, so the mean heatmap has
+    fewer spurious and missing peaks than any one of them."""
+    import keras
+
+    copies = []
+    for index, trained in enumerate(members):
+        copy = build_detector("none", side, name=f"member_{index}")
+        copy.set_weights(trained.get_weights())
+        copies.append(copy)
+    if len(copies) == 1:
+        return copies[0]
+    pixels = keras.Input((side, side, 3), name="pixels")
+    mean = keras.layers.Average(name="mean_of_members")([copy(pixels) for copy in copies])
+    return keras.Model(pixels, mean, name="chromosome_detector_ensemble")
 
 
 def encode_targets(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -129,14 +147,20 @@ def tiles(height: int, width: int, tile: int, margin: int) -> list[tuple[int, in
 
 
 def stitched_output(forward, image: np.ndarray, tile: int, margin: int, per_call: int = 8) -> np.ndarray:
-    """The network's output over a whole image (float pixels), computed on overlapping ``tile``² windows
-    (edges padded by replication) of which each contributes its core: any image size, and memory bounded by
-    ``per_call`` windows at a time."""
+    """The network's output over a whole image (float pixels), computed on overlapping ``tile``² windows of
+    which each contributes its core: any image size, and memory bounded by ``per_call`` windows at a time.
+
+    Beyond its edges the image is continued with its background (the median colour): a chromosome cut by
+    the border then ends there, as its labelled box does. Replicating the edge pixels instead drew it out
+    into a long streak, and chromosomes on the border went uncounted."""
     from core import deadline
 
     height, width = image.shape[:2]
     core = tile - 2 * margin
-    padded = np.pad(image, ((margin, tile), (margin, tile), (0, 0)), mode="edge")
+    background = np.median(image.reshape(-1, image.shape[2]), axis=0)
+    padded = np.empty((height + margin + tile, width + margin + tile, image.shape[2]), np.float32)
+    padded[:] = background
+    padded[margin:margin + height, margin:margin + width] = image
     corners = tiles(height, width, tile, margin)
     cells, inner = core // STRIDE, margin // STRIDE
     rows, cols = -(-height // STRIDE), -(-width // STRIDE)
@@ -172,8 +196,20 @@ def dihedral_heatmap(forward):
     return averaged
 
 
-def decode(output: np.ndarray, threshold: float, max_objects: int = 500) -> list[Detection]:
-    """Peaks of the heatmap (its 3×3 maxima) at or above ``threshold`` as boxes in input pixels."""
+def box_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
+    return float(width * height / union)
+
+
+def decode(output: np.ndarray, threshold: float, max_overlap: float = 1.0, max_objects: int = 500) -> list[Detection]:
+    """Peaks of the heatmap (its 3×3 maxima) at or above ``threshold`` as boxes in input pixels, strongest
+    first; a peak whose box overlaps a stronger one's by more than ``max_overlap`` (intersection over union)
+    is dropped: two peaks on one long chromosome, or on its two chromatids, both answer its whole box."""
     from scipy.ndimage import maximum_filter
 
     heat = output[..., 0]
@@ -185,5 +221,8 @@ def decode(output: np.ndarray, threshold: float, max_objects: int = 500) -> list
         w, h, dx, dy = output[row, col, 1:5]
         cx, cy = (col + dx) * STRIDE, (row + dy) * STRIDE
         w, h = max(float(w), 0.5) * STRIDE, max(float(h), 0.5) * STRIDE
-        found.append(Detection((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), float(heat[row, col])))
+        box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        if max_overlap < 1.0 and any(box_overlap(box, kept.box) > max_overlap for kept in found):
+            continue
+        found.append(Detection(box, float(heat[row, col])))
     return found

@@ -2,10 +2,13 @@
 
     python -m core.training.chromosome_detector --data ../shared/data/chromosome/metaphases --weights H5
 
-First leave-one-spread-out: each spread is detected by a detector trained on the others, at the reporting
-threshold that does best on the other spreads' held-out answers (so no spread's figure comes from a
-threshold chosen on it). Then the shipped detector trains on every spread, with the threshold that does
-best on all held-out answers, and model.json gets its ``detector`` section and ``metrics.detector``.
+The detector is an ensemble: one network per ``--seeds`` value (same recipe, different random start and
+windows), their outputs averaged (core.models.chromosome_detector.ensemble).
+
+First leave-one-spread-out: each spread is detected by an ensemble trained on the others, at the reporting
+threshold and box-overlap limit that do best on the other spreads' held-out answers (so no spread's figure
+comes from a setting chosen on it). Then the shipped ensemble trains on every spread, with the setting that
+does best on all held-out answers, and model.json gets its ``detector`` section and ``metrics.detector``.
 
 Every spread is first mapped to the training spreads' mean background and stain grey levels
 (core.models.chromosome_detector.to_levels; in each fold, the levels of that fold's training spreads), as the
@@ -27,7 +30,7 @@ from PIL import Image, ImageFilter
 from core.evaluation import bootstrap_interval, f1_counts, match_centres
 from core.imageio import to_rgb8
 from core.models.chromosome_detector import (build_detector, decode, detection_loss, dihedral_heatmap, encode_targets,
-                                             grey_levels, stitched_output, to_levels)
+                                             ensemble, grey_levels, stitched_output, to_levels)
 
 #: the detector sees spreads at this fraction of their native size
 SCALE = 0.5
@@ -37,6 +40,10 @@ WINDOW = 256
 TILE, MARGIN = 384, 64
 #: reporting thresholds tried
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+#: box-overlap limits tried (1: none; see decode)
+OVERLAPS = (1.0, 0.5, 0.4, 0.3)
+#: the reporting settings tried: (threshold, max_overlap)
+SETTINGS = tuple((threshold, overlap) for threshold in THRESHOLDS for overlap in OVERLAPS)
 DETECTOR_FILE = "chromosome_detector.keras"
 #: pixels a pasted single chromosome has at least, at its own scale
 MIN_SINGLE_AREA = 200
@@ -190,49 +197,60 @@ def train(spreads: list[tuple[np.ndarray, np.ndarray]], backbone_weights: str, s
     return model
 
 
-def network_output(model, rgb: np.ndarray, tta: bool) -> np.ndarray:
-    """The detector's stitched output over a spread (at ``SCALE``), as the service computes it; with ``tta``
-    its heatmap averaged over the 8 dihedral views."""
+def network_outputs(models: list, rgb: np.ndarray, tta: bool) -> list[np.ndarray]:
+    """Each detector's stitched output over a spread (at ``SCALE``), as the service computes it; with ``tta``
+    its heatmap averaged over the 8 dihedral views. The ensemble's output is their mean."""
     height, width = rgb.shape[:2]
-    small = Image.fromarray(rgb).resize((int(round(width * SCALE)), int(round(height * SCALE))), Image.BILINEAR)
-    forward = lambda batch: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
-    return stitched_output(dihedral_heatmap(forward) if tta else forward, np.asarray(small, np.float32), TILE, MARGIN)
+    small = np.asarray(Image.fromarray(rgb).resize((int(round(width * SCALE)), int(round(height * SCALE))),
+                                                   Image.BILINEAR), np.float32)
+    outputs = []
+    for model in models:
+        forward = lambda batch, model=model: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
+        outputs.append(stitched_output(dihedral_heatmap(forward) if tta else forward, small, TILE, MARGIN))
+    return outputs
 
 
-def boxes_at(output: np.ndarray, threshold: float) -> list[tuple[float, float, float, float]]:
-    """Decoded boxes (x0, y0, x1, y1) in the spread's own pixels."""
-    return [tuple(v / SCALE for v in d.box) for d in decode(output, threshold)]
+def boxes_at(output: np.ndarray, setting: tuple[float, float]) -> list[tuple[float, float, float, float]]:
+    """Decoded boxes (x0, y0, x1, y1) in the spread's own pixels at ``setting`` (threshold, max_overlap)."""
+    threshold, max_overlap = setting
+    return [tuple(v / SCALE for v in d.box) for d in decode(output, threshold, max_overlap)]
 
 
-def _spread_counts(output: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[int, int]:
-    """(predicted, hits) of one spread at ``threshold``; a hit is a box centre inside a true box, one-to-one."""
-    boxes = boxes_at(output, threshold)
+def _spread_counts(output: np.ndarray, truth: np.ndarray, setting: tuple[float, float]) -> tuple[int, int]:
+    """(predicted, hits) of one spread at ``setting``; a hit is a box centre inside a true box, one-to-one."""
+    boxes = boxes_at(output, setting)
     centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
     return len(boxes), match_centres(centres, [tuple(b) for b in truth])
 
 
-def _pooled_f1(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray], threshold: float) -> float:
-    counted = [(*_spread_counts(outputs[name], truths[name], threshold), len(truths[name])) for name in outputs]
+def _pooled_f1(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray], setting: tuple[float, float]) -> float:
+    counted = [(*_spread_counts(outputs[name], truths[name], setting), len(truths[name])) for name in outputs]
     predicted, hits, true = (sum(c[k] for c in counted) for k in range(3))
     return 2 * hits / max(1, predicted + true)
 
 
+def best_setting(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The (threshold, max_overlap) of ``SETTINGS`` with the best pooled F1 on ``outputs``; on a tie the
+    first, the lowest threshold without an overlap limit."""
+    return max(SETTINGS, key=lambda setting: _pooled_f1(outputs, truths, setting))
+
+
 def evaluate_held_out(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Figures of held-out outputs (one per spread), each spread at the threshold best on the others."""
+    """Figures of held-out outputs (one per spread), each spread at the setting best on the others."""
     per_spread, tp, fp, fn = {}, 0, 0, 0
     for name in outputs:
-        others = {k: v for k, v in outputs.items() if k != name}
-        chosen = max(THRESHOLDS, key=lambda t: _pooled_f1(others, truths, t))
+        chosen = best_setting({k: v for k, v in outputs.items() if k != name}, truths)
         predicted, hits = _spread_counts(outputs[name], truths[name], chosen)
         true = len(truths[name])
         tp, fp, fn = tp + hits, fp + predicted - hits, fn + true - hits
         scores = f1_counts(hits, predicted - hits, true - hits)
-        per_spread[f"spread {name}"] = {"true": true, "predicted": predicted, "hits": hits, "threshold": chosen,
+        per_spread[f"spread {name}"] = {"true": true, "predicted": predicted, "hits": hits, "threshold": chosen[0],
+                                        "max_overlap": chosen[1],
                                         **{k: scores[k] for k in ("precision", "recall", "f1")},
                                         "count_error": round(abs(predicted - true) / true, 4)}
     errors = [s["count_error"] for s in per_spread.values()]
     return {"split": "leave-one-spread-out: each spread detected by a detector trained on the other spreads, at "
-                     "the threshold best on the other spreads' held-out answers",
+                     "the threshold and box-overlap limit best on the other spreads' held-out answers",
             "spreads": len(outputs), **f1_counts(tp, fp, fn),
             "count_error_mean": round(float(np.mean(errors)), 4), "count_error_max": round(max(errors), 4),
             **spread_intervals(per_spread), "per_spread": per_spread}
@@ -265,22 +283,32 @@ def at_levels(spreads: list[tuple[np.ndarray, np.ndarray]], levels: dict[str, fl
     return [(to_levels(rgb, levels), boxes) for rgb, boxes in spreads]
 
 
+def train_ensemble(spreads: list[tuple[np.ndarray, np.ndarray]], weights: str, steps: int, seeds: list[int],
+                   singles: list[np.ndarray] | None = None) -> list:
+    return [train(spreads, weights, steps, seed, singles=singles) for seed in seeds]
+
+
 def leave_one_spread_out(spreads: dict[str, tuple[np.ndarray, np.ndarray]], weights: str, steps: int,
-                         seed: int, singles: list[np.ndarray] | None = None) -> tuple[dict[str, Any], float]:
-    """The held-out figures (:func:`evaluate_held_out`) with the 8-view heatmap as served, and without it;
-    the threshold best on all held-out answers. Each fold's levels come from its training spreads only."""
-    outputs, plain = {}, {}
+                         seeds: list[int], singles: list[np.ndarray] | None = None
+                         ) -> tuple[dict[str, Any], tuple[float, float]]:
+    """The held-out figures (:func:`evaluate_held_out`) of the ensemble with the 8-view heatmap as served,
+    without the 8 views, and of its first member alone; the setting best on all held-out answers. Each
+    fold's levels come from its training spreads only."""
+    outputs, plain, single = {}, {}, {}
     for name in spreads:
         print(f"[detector] spread {name} held out", flush=True)
         training = [v for k, v in spreads.items() if k != name]
         levels = training_levels(training)
-        model = train(at_levels(training, levels), weights, steps, seed, singles=singles)
+        members = train_ensemble(at_levels(training, levels), weights, steps, seeds, singles)
         held_out = to_levels(spreads[name][0], levels)
-        outputs[name], plain[name] = (network_output(model, held_out, tta) for tta in (True, False))
+        viewed, plain_views = (network_outputs(members, held_out, tta) for tta in (True, False))
+        outputs[name], plain[name], single[name] = np.mean(viewed, axis=0), np.mean(plain_views, axis=0), viewed[0]
     truths = {name: boxes for name, (_, boxes) in spreads.items()}
     figures = evaluate_held_out(outputs, truths)
     figures["without_tta"] = {k: v for k, v in evaluate_held_out(plain, truths).items() if k != "split"}
-    return figures, max(THRESHOLDS, key=lambda t: _pooled_f1(outputs, truths, t))
+    if len(seeds) > 1:
+        figures["one_detector"] = {k: v for k, v in evaluate_held_out(single, truths).items() if k != "split"}
+    return figures, best_setting(outputs, truths)
 
 
 def trivial_baselines(spreads: dict[str, tuple[np.ndarray, np.ndarray]], segmentation: dict[str, Any]) -> dict[str, Any]:
@@ -300,11 +328,10 @@ def trivial_baselines(spreads: dict[str, tuple[np.ndarray, np.ndarray]], segment
                                                 "count_error_max": round(float(max(errors)), 4)}}
 
 
-def serving_network(trained):
-    """``trained`` rebuilt for a fixed ``TILE``² input, as the service runs it (ONNX wants static shapes)."""
-    network = build_detector("none", TILE)
-    network.set_weights(trained.get_weights())
-    return network
+def serving_network(members: list):
+    """The trained ``members`` as one network for a fixed ``TILE``² input that averages them, as the service
+    runs it (ONNX wants static shapes)."""
+    return ensemble(members, TILE)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -320,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="metaphases folder: images/ and YOLO labels/")
     parser.add_argument("--weights", required=True, help="MobileNet v1 (α 0.25) ImageNet weights (.h5), or none")
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="one detector of the ensemble per seed (default: two)")
     parser.add_argument("--paste", type=Path, help="a folder of single-chromosome crops (bright on black) to paste "
                         "into training windows as synthetic chromosomes, e.g. BioImLab's")
     parser.add_argument("--assets", type=Path, default=ROOT / "assets")
@@ -335,19 +363,21 @@ def main(argv: list[str] | None = None) -> None:
     spec = read_spec(args.assets / "chromosome")
     spreads = {image.stem: load_spread(image, labels) for image, labels in labelled_spreads(args.data)}
     singles = load_singles(args.paste) if args.paste else None
-    figures, threshold = leave_one_spread_out(spreads, args.weights, args.steps, args.seed, singles)
+    figures, (threshold, max_overlap) = leave_one_spread_out(spreads, args.weights, args.steps, args.seeds, singles)
     figures["trivial_baselines"] = trivial_baselines(spreads, spec.meta["input"]["segmentation"])
     print(f"[detector] {json.dumps({k: v for k, v in figures.items() if k != 'per_spread'})}", flush=True)
-    print(f"[detector] training on all {len(spreads)} spreads; threshold {threshold}", flush=True)
+    print(f"[detector] training on all {len(spreads)} spreads; threshold {threshold}, max overlap {max_overlap}",
+          flush=True)
     levels = training_levels(list(spreads.values()))
-    network = serving_network(train(at_levels(list(spreads.values()), levels), args.weights, args.steps, args.seed,
-                                    singles=singles))
+    network = serving_network(train_ensemble(at_levels(list(spreads.values()), levels), args.weights, args.steps,
+                                             args.seeds, singles))
     meta = read_spec(spec.directory).meta  # as it is now: the run takes a while
     meta["detector"] = {
         "weights": save_network(network, spec.directory, DETECTOR_FILE),
-        "scale": SCALE, "tile": TILE, "margin": MARGIN, "threshold": threshold, "tta": True, "levels": levels,
+        "scale": SCALE, "tile": TILE, "margin": MARGIN, "threshold": threshold, "max_overlap": max_overlap,
+        "tta": True, "levels": levels, "members": len(args.seeds),
         "training": {"command": "python -m core.training.chromosome_detector " + " ".join(sys.argv[1:] if argv is None else argv),
-                     "steps": args.steps, "seed": args.seed, "window_px": WINDOW, "backbone": "mobilenet_v1_0.25",
+                     "steps": args.steps, "seeds": args.seeds, "window_px": WINDOW, "backbone": "mobilenet_v1_0.25",
                      "synthetic": (f"{len(singles)} single chromosomes of {args.paste.name} pasted into half the "
                                    "training windows") if singles else None,
                      "minutes": round((time.perf_counter() - started) / 60, 1)},
