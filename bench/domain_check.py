@@ -1,14 +1,15 @@
 """The domain check, measured: which uploads each model flags as unlike its training data, and what it costs.
 
 Rows are the models, columns whose data was sent: every model's own held-out uploads (the groups of its
-recorded test split: never trained on, never used to fit or set the check) and every other model's uploads,
-sent as a user would (four-channel fluorescence fields as their RGB composite to the RGB models; an RGB image
+recorded test split: never trained on, never used to fit or set the check; all of them, up to ``--own``, since
+a share near 1 % needs hundreds of uploads to be told from 5 %) and a random sample of every other model's
+uploads (``--per-source``), sent as a user would (four-channel fluorescence fields as their RGB composite to the RGB models; an RGB image
 to the protein model, which refuses it). A cell counts the uploads flagged (``domain.typical`` false) or
 refused with a 4xx. Own data should be flagged rarely (about 1 %), other data nearly always. Then the time of
 an answer with the check and without it (a network without the embedding output), on each model's own
 uploads, interleaved. Writes bench/domain_check.json and bench/domain_check.md.
 
-    .venv/bin/python -m bench.domain_check [--data ../shared/data] [--per-source 40]
+    .venv/bin/python -m bench.domain_check [--data ../shared/data] [--per-source 40] [--own 1000]
 """
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def quadrants(data: bytes) -> list[bytes]:
 
 
 def held_out_uploads(model, data: Path, count: int, seed: int = 0) -> list[dict[str, bytes]]:
-    """Up to ``count`` uploads from the model's held-out groups; a source of fewer than 10 large fields also
-    gives each field's quarters."""
+    """Up to ``count`` uploads from the model's held-out groups, in random order (so that any first part of
+    them is a random sample); a source of fewer than 10 large fields also gives each field's quarters."""
     from core.training.recipe import recipe_for
 
     recipe = recipe_for(model)
@@ -65,7 +66,7 @@ def held_out_uploads(model, data: Path, count: int, seed: int = 0) -> list[dict[
     held = recipe.held_out_groups(data, ROOT / ".cache" / "training", settings)
     chosen = [files for files, group in recipe.uploads(data) if group in held]
     rng = np.random.default_rng(seed)
-    chosen = [chosen[i] for i in sorted(rng.permutation(len(chosen))[:count])]
+    chosen = [chosen[i] for i in rng.permutation(len(chosen))[:count]]
     uploads = [{name: path.read_bytes() for name, path in files.items()} for files in chosen]
     if len(uploads) < 10 and all(set(upload) == {"image"} for upload in uploads):
         uploads += [{"image": part} for upload in list(uploads) for part in quadrants(upload["image"])]
@@ -115,18 +116,20 @@ def timing(checked, unchecked, uploads: list[dict[str, bytes]], repeats: int) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.domain_check", description=__doc__)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--per-source", type=int, default=40)
+    parser.add_argument("--per-source", type=int, default=40, help="uploads of each data set sent to the other models")
+    parser.add_argument("--own", type=int, default=1000, help="most held-out uploads sent to their own model")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
 
     models = {model_id: load(model_id) for model_id in DATA}
-    uploads = {model_id: held_out_uploads(models[model_id], args.data / folder, args.per_source)
-               for model_id, folder in DATA.items()}
+    own = {model_id: held_out_uploads(models[model_id], args.data / folder, max(args.own, args.per_source))
+           for model_id, folder in DATA.items()}
+    uploads = {model_id: held[:args.per_source] for model_id, held in own.items()}
     table: dict[str, dict[str, Any]] = {}
     for model_id, model in models.items():
         table[model_id] = {}
         for source, sent in uploads.items():
-            verdicts = [judge(model, upload) for upload in sent]
+            verdicts = [judge(model, upload) for upload in (own[source] if source == model_id else sent)]
             caught = sum(v in ("flagged", "refused") for v in verdicts)
             table[model_id][source] = {"inputs": len(verdicts), "flagged": verdicts.count("flagged"),
                                        "refused": verdicts.count("refused"),
@@ -163,7 +166,9 @@ def markdown(report: dict[str, Any]) -> str:
             mark = " (own, held out)" if source == model_id else ""
             refused = f", {cell['refused']} refused" if cell["refused"] else ""
             caught = cell["flagged"] + cell["refused"]
-            cells.append(f"{cell['share_caught']:.0%} of {cell['inputs']} {interval(caught, cell['inputs'])}{refused}{mark}")
+            share = caught / max(1, cell["inputs"])
+            shown = f"{share:.1%}" if 0 < share < 0.1 else f"{share:.0%}"
+            cells.append(f"{shown} of {cell['inputs']} {interval(caught, cell['inputs'])}{refused}{mark}")
         lines.append(f"| {model_id} | " + " | ".join(cells) + " |")
     lines += ["", "| model | with the check (ms) | without (ms) | ratio |", "|---|---|---|---|"]
     lines += [f"| {m} | {c['with_ms']} | {c['without_ms']} | {c['ratio']} |" for m, c in report["cost"].items()]
