@@ -18,6 +18,8 @@ COPY config.py app.py gunicorn.conf.py ./
 COPY api/ api/
 COPY core/ core/
 COPY assets/ assets/
+# Every network converted to ONNX now (core/onnx_cache.py), so that a worker starts without TensorFlow.
+RUN python -m core.onnx_cache --assets assets --cache /app/.cache/networks
 
 # The job database and job folders (uploaded slides, heatmaps) live on a volume that outlives the container;
 # replicas sharing a PostgreSQL job store (MMAX_JOB_STORE) share this volume too.

@@ -36,7 +36,7 @@ def create_app(config: Config | None = None) -> Flask:
     registry = ModelRegistry(config.assets_dir, config.models)
     for model_id, model in registry.models.items():
         model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id),
-                        partial(observe_queue_wait, model_id))
+                        partial(observe_queue_wait, model_id), network_cache=config.network_cache)
     app.extensions["mmax_registry"] = registry
     app.extensions["mmax_admission"] = Admission(config.queue_max, observe_rejection)
     app.extensions["mmax_memory"] = memory.MemoryBudget(config.request_memory_mb * 2**20,
@@ -58,16 +58,24 @@ def create_app(config: Config | None = None) -> Flask:
 
 def preflight(config: Config) -> None:
     """Check the assets and the data dir once, before any worker starts (gunicorn's on_starting): a bad
-    setting stops the server with one line naming it, instead of workers failing to boot in a loop."""
+    setting stops the server with one line naming it, instead of workers failing to boot in a loop. The
+    networks the cache lacks are converted here too, once, rather than by every worker."""
+    from core import onnx_cache
     from core.errors import AssetError
     from core.jobs import JobStore
     from core.registry import ModelRegistry
 
     try:
-        ModelRegistry(config.assets_dir, config.models)
+        registry = ModelRegistry(config.assets_dir, config.models)
     except AssetError as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     JobStore(config.data_dir, database=config.job_store)
+    if config.runtime != "tensorflow":
+        try:
+            onnx_cache.ensure([network for model in registry.models.values()
+                               for network in model.network_files().values()], config.network_cache)
+        except AssetError as exc:  # each worker tries again and reports the model that fails in /health/ready
+            logging.getLogger(__name__).warning("%s", exc)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class Config:
     # Inference: "auto" (ONNX Runtime where it agrees with TensorFlow), "onnx" or "tensorflow"; concurrent
     # requests share forward passes of up to batch_max images, waiting at most batch_wait_ms for company.
     runtime: str = "auto"
+    # Where the networks' ONNX conversions are kept (core/onnx_cache.py): made once per weights file by a
+    # child process, so that a worker never imports TensorFlow.
+    network_cache: Path = ROOT / ".cache" / "networks"
     batch_max: int = 32
     batch_wait_ms: int = 2
     # Back-pressure: requests admitted per model at once; beyond, a fast 503 with Retry-After.
@@ -108,6 +111,7 @@ class Config:
             api_key=_env("API_KEY", "") or None,
             log_level=_env("LOG_LEVEL", "INFO"),
             runtime=runtime,
+            network_cache=Path(_env("NETWORK_CACHE", str(ROOT / ".cache" / "networks"))),
             batch_max=_env_int("BATCH_MAX", 32),
             batch_wait_ms=_env_int("BATCH_WAIT_MS", 2),
             queue_max=_env_int("QUEUE_MAX", 16),

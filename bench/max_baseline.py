@@ -15,6 +15,8 @@ from config import ROOT
 
 
 def create_baseline(model_ids: list[str]) -> Flask:
+    import keras
+
     from core.assets import read_spec
     from core.registry import model_class
 
@@ -24,7 +26,8 @@ def create_baseline(model_ids: list[str]) -> Flask:
         model.configure(runtime="tensorflow", max_batch=1)
         model.load()
         # As MAX's wrappers do: Keras predict on every request, one at a time.
-        model._forward = lambda batch, network=model.network: network.predict(batch, verbose=0)
+        network = keras.saving.load_model(model.spec.weights_path, compile=False)
+        model._forward = lambda batch, network=network: network.predict(batch, verbose=0)
         models[model_id] = model
     app = Flask(__name__)
 

@@ -54,15 +54,16 @@ def forward_limits(model_id: str, repeats: int) -> dict:
     from core.registry import model_class
     from core.runtime import build_forward
 
+    import keras
+
     model = model_class(model_id)(read_spec(ROOT / "assets" / model_id))
-    model.configure(runtime="tensorflow", max_batch=1)
-    model.load()
-    shape = model.network.input_shape[1:]
+    network = keras.saving.load_model(model.spec.weights_path, compile=False)
+    shape = network.input_shape[1:]
     batch32 = np.random.default_rng(0).uniform(0, 255, (32, *shape)).astype(np.float32)
     out = {"views_per_request": 8 if model.uses_tta else 1, "runtimes": {}}
     reference = None
     for runtime in ("onnx", "tensorflow"):
-        _, forward = build_forward(model.network, runtime)
+        _, forward = build_forward(network, runtime)
         forward(batch32), forward(batch32[:1])
         started = time.perf_counter()
         for _ in range(repeats):

@@ -99,3 +99,25 @@ def tiff_channels(data: bytes, max_pixels: int) -> np.ndarray | None:
     stack = stack.astype(np.float32)
     top = {np.dtype("uint8"): 255.0, np.dtype("uint16"): 65535.0}.get(np.dtype(stack.dtype), float(stack.max()) or 1.0)
     return np.clip(stack / top, 0, 1)
+
+
+def _bilinear_weights(source: int, target: int) -> np.ndarray:
+    """target × source matrix of bilinear interpolation with half-pixel centres, edges clamped."""
+    position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, source - 1)
+    weights = np.zeros((target, source), np.float32)
+    np.add.at(weights, (np.arange(target), low), 1 - (position - low))
+    np.add.at(weights, (np.arange(target), high), position - low)
+    return weights
+
+
+def resize_bilinear(batch: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A batch of images (N, H, W, C) resized by bilinear interpolation without antialiasing (as
+    ``tf.image.resize(..., "bilinear")``; meant for enlarging), in float32, without TensorFlow."""
+    count, rows_in, cols_in, channels = batch.shape
+    # two large matrix products (columns, then rows) over the whole batch
+    by_row = np.ascontiguousarray(batch.astype(np.float32).transpose(1, 0, 3, 2)).reshape(-1, cols_in)
+    by_row = by_row @ _bilinear_weights(cols_in, width).T                    # (H·N·C) × w
+    out = _bilinear_weights(rows_in, height) @ by_row.reshape(rows_in, -1)  # h × (N·C·w)
+    return np.ascontiguousarray(out.reshape(height, count, channels, width).transpose(1, 0, 3, 2))

@@ -8,12 +8,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping
 
 import numpy as np
 from PIL import Image
 
-from core import deadline, domain
+from core import deadline, domain, onnx_cache
 from core.assets import ModelSpec, verify_weights
 from core.drawing import draw_boxes
 from core.errors import AssetError, ClientError
@@ -54,7 +55,8 @@ class MicroscopyModel(ABC):
         self.input = self.Input.from_json(spec.meta.get("input", {}), spec.source)
         self.output = OutputSpec.from_json(spec.meta.get("output"), spec.source)
         self._options = self._with_defaults(spec.meta.get("defaults", {}))
-        self.network = None
+        self.network = None  # the Keras network, when one held in this process is served (use_network)
+        self.network_input_shape: tuple[int, ...] | None = None  # one input's height, width, channels
         self.runtime: str | None = None  # "onnx" or "tensorflow" once loaded
         self._forward = None
         self._classes = 0  # the forward pass's first columns are probabilities, the rest the embedding
@@ -93,11 +95,13 @@ class MicroscopyModel(ABC):
 
     def configure(self, runtime: str = "auto", max_batch: int = 32, max_wait_ms: float = 2.0,
                   on_batch: Callable[[int, int], None] | None = None,
-                  on_wait: Callable[[float], None] | None = None, domain_check: bool = True) -> None:
-        """Serving settings, applied at :meth:`load`: see core.runtime and core.batching; ``domain_check``
-        False serves without the domain check (core.domain), e.g. to measure what it costs."""
+                  on_wait: Callable[[float], None] | None = None, domain_check: bool = True,
+                  network_cache: Path = onnx_cache.DEFAULT_DIR) -> None:
+        """Serving settings, applied at :meth:`load`: see core.runtime, core.batching and core.onnx_cache
+        (``network_cache``: the folder of converted networks); ``domain_check`` False serves without the domain
+        check (core.domain), e.g. to measure what it costs."""
         self._serving = {"runtime": runtime, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "on_batch": on_batch,
-                         "on_wait": on_wait, "domain_check": domain_check}
+                         "on_wait": on_wait, "domain_check": domain_check, "network_cache": network_cache}
 
     def verify(self) -> None:
         """Stop with a message naming the file when a weights or statistics file is absent or not the one
@@ -109,23 +113,38 @@ class MicroscopyModel(ABC):
             if self.spec.meta.get(section):
                 verify_weights(self.spec, self.spec.meta[section]["weights"])
 
-    def load(self) -> None:
-        self.verify()
-        import keras  # imported here so that importing a model module stays cheap
-
-        from core.runtime import single_threaded_blas
-
-        single_threaded_blas()
-        if "domain" in self.spec.meta and getattr(self, "_serving", {}).get("domain_check", True):
-            self.domain = domain.DomainStatistics.load(self.spec.directory / self.spec.meta["domain"]["file"])
-        self.use_network(keras.saving.load_model(self.spec.weights_path, compile=False))
+    def network_files(self) -> dict[str | None, onnx_cache.NetworkFile]:
+        """The networks :meth:`load` serves: the main one (key None), then each companion by section."""
+        check = getattr(self, "_serving", {}).get("domain_check", True) and "domain" in self.spec.meta
+        files = {None: onnx_cache.NetworkFile(self.spec.weights_path, self.spec.meta["weights"]["sha256"], check)}
         for section in self.companions:
             if self.spec.meta.get(section):
-                path = self.spec.directory / self.spec.meta[section]["weights"]["file"]
-                self.use_companion_network(section, keras.saving.load_model(path, compile=False))
+                weights = self.spec.meta[section]["weights"]
+                files[section] = onnx_cache.NetworkFile(self.spec.directory / weights["file"], weights["sha256"], False)
+        return files
+
+    def load(self) -> None:
+        """Verify the files and serve every network from its ONNX conversion (core.onnx_cache): this process
+        does not import TensorFlow unless a network must run on it."""
+        from core.runtime import single_threaded_blas
+
+        self.verify()
+        single_threaded_blas()
+        settings = getattr(self, "_serving", {})
+        if "domain" in self.spec.meta and settings.get("domain_check", True):
+            self.domain = domain.DomainStatistics.load(self.spec.directory / self.spec.meta["domain"]["file"])
+        files = self.network_files()
+        cache_dir = onnx_cache.ensure(list(files.values()), settings.get("network_cache", onnx_cache.DEFAULT_DIR))
+        runtime = settings.get("runtime", "auto")
+        for section, network in files.items():
+            served = onnx_cache.load(network, runtime, cache_dir)
+            if section is None:
+                self._serve(served)
+            else:
+                self._companion_forwards[section] = served.forward
 
     def use_companion_network(self, section: str, network) -> None:
-        """Serve ``network`` as the companion named by model.json ``section`` (see :attr:`companions`)."""
+        """Serve the Keras ``network`` (in this process) as the companion named by model.json ``section``."""
         from core.runtime import build_forward
 
         runtime = getattr(self, "_serving", {}).get("runtime", "auto")
@@ -136,24 +155,33 @@ class MicroscopyModel(ABC):
         return self._companion_forwards.get(section)
 
     def use_network(self, network) -> None:
-        """Serve ``network``: build its fast forward pass (probabilities and, for the domain check, the
-        embedding of core.domain in one output) and, if configured, its micro-batcher."""
-        from core.batching import MicroBatcher
+        """Serve the Keras ``network`` held in this process (training, tests): its fast forward pass with, for
+        the domain check, the embedding of core.domain in one output."""
         from core.runtime import build_forward
 
-        settings = getattr(self, "_serving", {"runtime": "auto", "max_batch": 1})
-        self._classes = int(network.output_shape[-1])
-        served = domain.network_with_embedding(network) if settings.get("domain_check", True) else network
-        width = int(served.output_shape[-1]) - self._classes
+        check = getattr(self, "_serving", {}).get("domain_check", True)
+        served = domain.network_with_embedding(network) if check else network
+        runtime, forward = build_forward(served, getattr(self, "_serving", {}).get("runtime", "auto"))
+        self._serve(onnx_cache.ServedNetwork(runtime, forward, tuple(int(d) for d in network.input_shape[1:]),
+                                             int(network.output_shape[-1]), int(served.output_shape[-1])))
+        self.network = network
+
+    def _serve(self, served: "onnx_cache.ServedNetwork") -> None:
+        """Answer with ``served`` from now on, through the micro-batcher if configured."""
+        from core.batching import MicroBatcher
+
+        settings = getattr(self, "_serving", {"max_batch": 1})
+        width = served.output_width - served.classes
         if self.domain is not None and width != len(self.domain.mean):
             raise AssetError(f"model '{self.spec.id}': {self.spec.meta['domain']['file']} describes embeddings of "
                              f"{len(self.domain.mean)} values, the network gives {width}; recompute it "
                              f"(make domain-statistics)")
-        self.runtime, forward = build_forward(served, settings["runtime"])
+        forward = served.forward
         if settings["max_batch"] > 1:
             forward = MicroBatcher(forward, settings["max_batch"], settings["max_wait_ms"] / 1000, self.spec.id,
                                    settings.get("on_batch"), settings.get("on_wait"))
-        self.network, self._forward = network, forward
+        self.runtime, self._forward, self._classes = served.runtime, forward, served.classes
+        self.network_input_shape = served.input_shape
 
     def warm_up(self) -> None:
         """One real call on a synthetic image, so the first client does not pay for graph tracing."""
@@ -199,9 +227,9 @@ class MicroscopyModel(ABC):
     def domain_window(self, inputs: Any) -> np.ndarray | None:
         """The network input the domain check looks at when nothing in the upload reached the network: the
         centre of the image, ``input.window_px`` across (the network's side if none), at the network's size."""
-        if not isinstance(inputs, Image.Image) or self.network is None:
+        if not isinstance(inputs, Image.Image) or self._forward is None:
             return None
-        height, width = self.network.input_shape[1:3]
+        height, width = self.network_input_shape[:2]
         side = getattr(self.input, "window_px", None) or height
         left, top = (inputs.width - side) // 2, (inputs.height - side) // 2
         window = Image.fromarray(to_rgb8(inputs)).crop((left, top, left + side, top + side))  # black outside
@@ -241,10 +269,10 @@ class MicroscopyModel(ABC):
         return self._run_batches(batch)
 
     def _run_batches(self, batch: np.ndarray) -> np.ndarray:
-        if self.network is None:
+        if self._forward is None:
             raise RuntimeError(f"model '{self.spec.id}' is not loaded")
         if len(batch) == 0:
-            return np.zeros((0,) + tuple(self.network.output_shape[1:]), dtype=np.float32)
+            return np.zeros((0, self._classes), dtype=np.float32)
         step = self.batch_size
         outputs = []
         for start in range(0, len(batch), step):  # float32 one step at a time: windows may come as uint8

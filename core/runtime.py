@@ -9,6 +9,7 @@ within ``TOLERANCE`` on a check batch, TensorFlow otherwise.
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from typing import Callable
 
@@ -28,13 +29,29 @@ def limit_threads(count: int) -> None:
     not the machine, and its neighbours run on the others."""
     global _threads
     _threads = count
+    if "tensorflow" in sys.modules:  # otherwise applied when TensorFlow is first needed (_tensorflow)
+        _limit_tensorflow_threads()
+
+
+def _limit_tensorflow_threads() -> None:
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(count)
-        tf.config.threading.set_inter_op_parallelism_threads(count)
+        tf.config.threading.set_intra_op_parallelism_threads(_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(_threads)
     except RuntimeError:  # TensorFlow already ran in this process: it keeps its thread pools
         pass
+
+
+def _tensorflow():
+    """TensorFlow, imported on first need (a serving process that runs ONNX files never needs it), with the
+    thread limit applied."""
+    first = "tensorflow" not in sys.modules
+    import tensorflow as tf
+
+    if first and _threads:
+        _limit_tensorflow_threads()
+    return tf
 
 
 def single_threaded_blas() -> None:
@@ -48,19 +65,25 @@ def single_threaded_blas() -> None:
 
 def tensorflow_forward(network) -> tuple[Forward, object]:
     """The network as a traced function (one trace for any batch size); also returns the tf.function."""
-    import tensorflow as tf
+    tf = _tensorflow()
 
     signature = [tf.TensorSpec([None, *network.input_shape[1:]], tf.float32, name="pixels")]
     function = tf.function(lambda x: network(x, training=False), input_signature=signature)
     return (lambda batch: function(batch).numpy()), function
 
 
-def onnx_forward(function) -> Forward:
-    """The traced function converted to ONNX and run by ONNX Runtime (its default threads, or limit_threads')."""
-    import onnxruntime
+def to_onnx(function) -> bytes:
+    """The traced function converted to an ONNX model (tf2onnx, opset 17)."""
     import tf2onnx
 
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=17)
+    return proto.SerializeToString()
+
+
+def onnx_session_forward(model: bytes) -> Forward:
+    """An ONNX model run by ONNX Runtime (its default threads, or limit_threads')."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     if _threads:
         options.intra_op_num_threads = options.inter_op_num_threads = _threads
@@ -68,10 +91,20 @@ def onnx_forward(function) -> Forward:
     # spinning took those cores under concurrent load (README, Performance: +7-19 % requests/s at 8 clients).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     _sessions.add(session)
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: batch})[0]
+
+
+def onnx_forward(function) -> Forward:
+    """The traced function converted to ONNX and run by ONNX Runtime."""
+    return onnx_session_forward(to_onnx(function))
+
+
+def check_batch(input_shape) -> np.ndarray:
+    """The inputs on which an ONNX graph's outputs are compared with TensorFlow's: four random images."""
+    return np.random.default_rng(0).uniform(0, 255, (4, *input_shape)).astype(np.float32)
 
 
 def shrink_arenas() -> int:
@@ -109,7 +142,7 @@ def build_forward(network, runtime: str = "auto") -> tuple[str, Forward]:
             raise
         log.warning("ONNX conversion failed (%s: %s); serving with TensorFlow", type(exc).__name__, exc)
         return "tensorflow", tf_forward
-    check = np.random.default_rng(0).uniform(0, 255, (4, *network.input_shape[1:])).astype(np.float32)
+    check = check_batch(network.input_shape[1:])
     try:
         difference = float(np.max(np.abs(fast(check) - tf_forward(check))))
     except Exception as exc:  # noqa: BLE001 - a converted graph that cannot run still serves, on TensorFlow

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.imageio import to_rgb8
+from core.imageio import resize_bilinear, to_rgb8
 from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
 from core.options import Option
@@ -57,10 +57,7 @@ class MetastasisModel(MicroscopyModel, SlideModel):
         """Tumour probability of each window at the model's resolution."""
         batch = windows.astype(np.float32)
         if self.input.network_px != self.input.window_px:
-            import keras
-
-            side = self.input.network_px
-            batch = np.asarray(keras.ops.image.resize(batch, (side, side), interpolation="bilinear", antialias=False))
+            batch = resize_bilinear(batch, self.input.network_px, self.input.network_px)
         return self.run_network(batch)[:, self.spec.label_names.index(self.positive)]
 
     def ranked(self, positive: float) -> list[dict[str, Any]]:
