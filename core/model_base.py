@@ -134,8 +134,10 @@ class MicroscopyModel(ABC):
         if "domain" in self.spec.meta and settings.get("domain_check", True):
             self.domain = domain.DomainStatistics.load(self.spec.directory / self.spec.meta["domain"]["file"])
         files = self.network_files()
-        cache_dir = onnx_cache.ensure(list(files.values()), settings.get("network_cache", onnx_cache.DEFAULT_DIR))
         runtime = settings.get("runtime", "auto")
+        cache_dir = settings.get("network_cache", onnx_cache.DEFAULT_DIR)
+        if runtime != "tensorflow":  # one conversion for all of this model's networks the cache lacks
+            cache_dir = onnx_cache.ensure(list(files.values()), cache_dir)
         for section, network in files.items():
             served = onnx_cache.load(network, runtime, cache_dir)
             if section is None:

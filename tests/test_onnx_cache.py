@@ -99,3 +99,10 @@ def test_bilinear_enlargement_matches_tensorflow():
     batch = np.random.default_rng(0).uniform(0, 255, (3, 96, 96, 3)).astype(np.float32)
     expected = np.asarray(keras.ops.image.resize(batch, (144, 144), interpolation="bilinear", antialias=False))
     assert np.max(np.abs(resize_bilinear(batch, 144, 144) - expected)) < 0.01
+
+
+def test_the_tensorflow_runtime_converts_nothing(tmp_path):
+    model = model_class("leukocyte")(read_spec(ROOT / "assets" / "leukocyte"))
+    model.configure(runtime="tensorflow", max_batch=1, network_cache=tmp_path)
+    model.load()
+    assert model.runtime == "tensorflow" and not any(tmp_path.iterdir())
