@@ -23,7 +23,7 @@ dev: $(BIN)/activate  ## Flask's development server
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/activate  ## serving benchmark, every model: the whole request's in-process limit vs this service (1 and 2 workers) vs the same pipeline on BentoML (its own environment, made on first use) vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); the domain check's table and cost (bench/domain_check.md); one worker's memory at ready and after bursts (bench/worker_memory.json); a 20,000² slide in-process vs Spark local[1] vs local[2] (bench/slide_engines.json)
+bench: $(BIN)/activate  ## serving benchmark, every model: the whole request's in-process limit vs this service (default workers, one per core as memory allows, and one worker) vs the same pipeline on BentoML (its own environment, made on first use) vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); the domain check's table and cost (bench/domain_check.md); one worker's memory at ready and after bursts (bench/worker_memory.json); a 20,000² slide in-process vs Spark local[1] vs local[2] (bench/slide_engines.json)
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.protein_field --data $(DATA)/protein/hpa2018
 	$(BIN)/python -m bench.domain_check --data $(DATA) --per-source 100
@@ -33,7 +33,7 @@ bench: $(BIN)/activate  ## serving benchmark, every model: the whole request's i
 loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
 	$(BIN)/python -m bench.loadtest
 
-soak: $(BIN)/activate  ## 3 minutes of mixed hostile load (largest uploads, noise, bad options, slow clients) against gunicorn: no failures, probes within 1 s, memory within 8 GB (bench/soak.json)
+soak: $(BIN)/activate  ## 3 minutes of mixed hostile load (largest uploads, noise, bad options, slow clients) against gunicorn: no failures, probes within 1 s, peak memory within what the settings give the workers (bench/soak.json)
 	$(BIN)/python -m bench.soak
 
 train-leukocyte: $(BIN)/activate  ## reproduce assets/leukocyte from the shared data (leave-cells-out cross-validation)

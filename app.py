@@ -31,8 +31,8 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes, MMAX=config, ERROR_404_HELP=False,
                       RESTX_MASK_SWAGGER=False, SWAGGER_UI_DOC_EXPANSION="list")
-    if config.forward_thread_count():
-        runtime.limit_threads(config.forward_thread_count())
+    if config.forward_threads:  # gunicorn's workers divide the cores among themselves (gunicorn.conf.py)
+        runtime.limit_threads(config.forward_threads)
     registry = ModelRegistry(config.assets_dir, config.models)
     for model_id, model in registry.models.items():
         model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id),

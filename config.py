@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import host
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -36,6 +38,8 @@ SERVICE_VERSION = "1.0"
 class Config:
     host: str = "0.0.0.0"
     port: int = 5000
+    # gunicorn worker processes; MMAX_WORKERS=0 (the default): one per usable core, as many as fit in memory
+    # (core/host.py)
     workers: int = 1
     threads: int = 4
     # Threads of one forward pass (ONNX Runtime, TensorFlow); 0: the cores divided among the workers, so
@@ -87,7 +91,7 @@ class Config:
         """The threads of one forward pass in each worker; 0 leaves the runtimes' defaults."""
         if self.forward_threads or self.workers <= 1:
             return self.forward_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, host.usable_cores() // self.workers)
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -95,10 +99,11 @@ class Config:
         runtime = _env("RUNTIME", "auto")
         if runtime not in {"auto", "onnx", "tensorflow"}:
             raise SystemExit(f"setting MMAX_RUNTIME must be auto, onnx or tensorflow, not '{runtime}'")
+        worker_memory_mb = _env_int("WORKER_MEMORY_MB", 5120)
         return cls(
             host=_env("HOST", "0.0.0.0"),
             port=_env_int("PORT", 5000),
-            workers=_env_int("WORKERS", 1),
+            workers=_env_int("WORKERS", 0) or host.auto_workers(worker_memory_mb * 2**20),
             threads=_env_int("THREADS", 4),
             forward_threads=_env_int("FORWARD_THREADS", 0),
             timeout_s=_env_int("TIMEOUT", 120),
@@ -117,7 +122,7 @@ class Config:
             queue_max=_env_int("QUEUE_MAX", 16),
             request_timeout_s=_env_int("REQUEST_TIMEOUT_S", 60),
             request_memory_mb=_env_int("REQUEST_MEMORY_MB", 3072),
-            worker_memory_mb=_env_int("WORKER_MEMORY_MB", 5120),
+            worker_memory_mb=worker_memory_mb,
             data_dir=Path(_env("DATA_DIR", str(ROOT / "var"))),
             job_store=_env("JOB_STORE", "").strip(),
             spark_master=_env("SPARK_MASTER", "").strip(),

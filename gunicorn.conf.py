@@ -4,7 +4,7 @@ import shutil
 import tempfile
 
 from config import Config
-from core import memory
+from core import host, memory, runtime
 
 memory.limit_arenas()  # in the master, so every worker forked from it has few arenas too (core/memory.py)
 
@@ -28,10 +28,19 @@ if _own_metrics_dir:
 def on_starting(server):
     from app import preflight
 
+    server.log.info("%d worker(s) (MMAX_WORKERS %s), %d forward thread(s) each", workers,
+                    os.environ.get("MMAX_WORKERS") or f"automatic: {host.usable_cores()} usable core(s), "
+                    f"{(host.memory_bytes() or 0) / 2**30:.1f} GB memory, each worker's budget "
+                    f"{_config.worker_memory_mb} MB + 1 GB", _config.forward_thread_count() or host.usable_cores())
     preflight(_config)  # a missing asset or unusable data dir: one clear line, and no worker boot loop
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(directory, ignore_errors=True)  # counts from a previous run would be added in
     os.makedirs(directory, exist_ok=True)
+
+
+def post_fork(server, worker):
+    if _config.forward_thread_count():  # several workers: each forward pass gets its share of the cores
+        runtime.limit_threads(_config.forward_thread_count())
 
 
 def on_exit(server):

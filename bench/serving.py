@@ -5,7 +5,7 @@ Runtime and TensorFlow, and whether they agree). For each typical upload (bench/
 model, the metastasis patch and region apart): (a) the limit, the whole request in-process (decode, analysis,
 answer JSON; no HTTP) back to back, once in one process with the runtimes' threads and once in one
 single-threaded process per core, the better of the two being the limit; (b) this service as configured by
-default (gunicorn, micro-batching, the default runtime), (c) the same pipeline served by BentoML with adaptive
+default (gunicorn, micro-batching, the default runtime; and once with one worker), (c) the same pipeline served by BentoML with adaptive
 batching (bench/bentoml_peer.py, in its own environment, made here on first use) and (d) bench/max_baseline.py,
 each under 1, 4, 8 and 16 concurrent clients sending that upload: requests/s and p50/p95/p99 latency, and the
 service's share of the limit. Also start-up time to ready and resident memory. Writes bench/results.json and
@@ -233,13 +233,15 @@ def load(base: str, upload: Upload, clients: int, seconds: float) -> dict:
 
 
 @contextmanager
-def gunicorn_server(data_name: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """gunicorn as `make run` starts it (default settings), on a free loopback port, its log appended to LOG
-    and its jobs under .cache/<data_name>: (base URL, process) once it is ready."""
+def gunicorn_server(data_name: str, settings: dict[str, str] | None = None
+                    ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """gunicorn as `make run` starts it (default settings, unless ``settings`` names MMAX_* variables), on a
+    free loopback port, its log appended to LOG and its jobs under .cache/<data_name>: (base URL, process)
+    once it is ready."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MMAX_HOST": "127.0.0.1", "MMAX_PORT": str(port),
-           "MMAX_DATA_DIR": str(ROOT / ".cache" / data_name)}
+           "MMAX_DATA_DIR": str(ROOT / ".cache" / data_name), **(settings or {})}
     LOG.parent.mkdir(parents=True, exist_ok=True)
     with LOG.open("ab") as log:
         server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "app:create_app()"], cwd=ROOT,
@@ -317,12 +319,12 @@ def main() -> None:
         print(f"[limit] {upload.name}", flush=True)
         requests_[upload.name] = {"model": upload.model, "pixels": upload.pixels,
                                   **inprocess_limit(upload, args.seconds)}
-    print("[service] gunicorn, default settings", flush=True)
+    print("[service] gunicorn, default settings (MMAX_WORKERS automatic: one per core as memory allows)", flush=True)
     service = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"], env, uploads,
                                 args.seconds)
-    print("[service] gunicorn, MMAX_WORKERS=2 (forward threads divided between them)", flush=True)
-    two_workers = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"],
-                                    {**env, "MMAX_WORKERS": "2"}, uploads, args.seconds, (1, 8))
+    print("[service] gunicorn, MMAX_WORKERS=1 (one interpreter, the forward passes on every core)", flush=True)
+    one_worker = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"],
+                                   {**env, "MMAX_WORKERS": "1"}, uploads, args.seconds, (1, 8))
     print("[peer] BentoML, adaptive batching (bench/bentoml_peer.py)", flush=True)
     bentoml = serve_and_measure(bentoml_command(), {**env, "BENTOML_HOME": str(ROOT / ".cache" / "bentoml-home"),
                                                     "BENTOML_DO_NOT_TRACK": "True"},
@@ -332,7 +334,7 @@ def main() -> None:
                                  args.seconds)
     for name, record in requests_.items():
         record["service"] = service["uploads"][name]
-        record["service_2_workers"] = two_workers["uploads"][name]
+        record["service_1_worker"] = one_worker["uploads"][name]
         record["peers"] = {"bentoml": bentoml["uploads"][name], "max_style": baseline["uploads"][name]}
         record["service_over_limit"] = {c: round(record["service"][c]["rps"] / record["inprocess_all_cores_rps"], 2)
                                         for c in record["service"]}
@@ -346,7 +348,7 @@ def main() -> None:
     results["requests"] = requests_
     results["startup"] = {"service_ready_s": service["ready_s"], "baseline_ready_s": baseline["ready_s"],
                           "service_rss_mb_per_worker": service["rss_mb_per_worker"],
-                          "service_2_workers_rss_mb_per_worker": two_workers["rss_mb_per_worker"],
+                          "service_1_worker_rss_mb": one_worker["rss_mb_per_worker"],
                           "bentoml_ready_s": bentoml["ready_s"], "bentoml_rss_mb": bentoml["rss_mb_per_worker"],
                           "baseline_rss_mb": baseline["rss_mb_per_worker"]}
     results["machine"] = {"cpus": os.cpu_count()}
@@ -356,7 +358,7 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     print("\n| upload | limit req/s (1 process / 1 per core) | clients | service req/s | service / limit "
-          "| service p50 / p99 ms | 2 workers req/s | BentoML req/s | BentoML p50 / p99 ms | service / BentoML "
+          "| service p50 / p99 ms | 1 worker req/s | BentoML req/s | BentoML p50 / p99 ms | service / BentoML "
           "| MAX-style req/s | service / MAX-style |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results["requests"].items():
@@ -365,9 +367,9 @@ def print_table(results: dict) -> None:
         for clients in CLIENTS:
             s, b = r["service"][str(clients)], r["peers"]["max_style"][str(clients)]
             bento = r["peers"]["bentoml"][str(clients)]
-            two = r["service_2_workers"].get(str(clients), {}).get("rps", "")
+            one = r["service_1_worker"].get(str(clients), {}).get("rps", "")
             print(f"| {name} | {limit if clients == 1 else ''} | {clients} | {s['rps']} | "
-                  f"{r['service_over_limit'][str(clients)]:.2f} | {s['p50_ms']} / {s['p99_ms']} | {two} | "
+                  f"{r['service_over_limit'][str(clients)]:.2f} | {s['p50_ms']} / {s['p99_ms']} | {one} | "
                   f"{bento['rps']} | {bento['p50_ms']} / {bento['p99_ms']} | "
                   f"{s['rps'] / max(bento['rps'], 1e-9):.1f}x | "
                   f"{b['rps']} | {s['rps'] / max(b['rps'], 1e-9):.1f}x |")

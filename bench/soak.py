@@ -8,7 +8,7 @@ workers). Prints, per kind of request, the answers by status and p50/p99 seconds
 peak and final memory; writes bench/soak.json. Exits 1 when a request failed (5xx other than a 503 that
 says why, or a dropped connection), a probe took over 1 s, or peak memory passed ``--max-rss-gb``.
 
-    .venv/bin/python -m bench.soak [--seconds 180] [--clients 8] [--max-requests 2000] [--max-rss-gb 8]
+    .venv/bin/python -m bench.soak [--seconds 180] [--clients 8] [--max-requests 2000] [--max-rss-gb GB]
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ import requests
 from PIL import Image
 
 from bench.serving import children, gunicorn_server, rss_mb, sample_request
-from config import ROOT
+from config import ROOT, Config
+from core import host
 
 OUT = ROOT / "bench" / "soak.json"
 
@@ -85,8 +86,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-requests", type=int, default=2000)
-    parser.add_argument("--max-rss-gb", type=float, default=8.0)
+    parser.add_argument("--max-rss-gb", type=float, default=None,
+                        help="peak memory allowed (master and workers); default: what the settings give the server, "
+                             "each worker MMAX_WORKER_MEMORY_MB + 1 GB (core/host.py), the master 1 GB")
     args = parser.parse_args()
+    if args.max_rss_gb is None:
+        config = Config.from_env()
+        args.max_rss_gb = (config.workers * (config.worker_memory_mb * 2**20 + host.WORKER_BASE_BYTES)
+                           + 2**30) / 2**30
     print("making the uploads ...", flush=True)
     kinds = uploads()
     with gunicorn_server("soak-data") as (base, server):
@@ -158,10 +165,10 @@ def soak(base: str, master: int, kinds: dict, args) -> int:
     stop.set()
     time.sleep(5)  # idle: what the service keeps once the load has gone
     memory["after_idle_mb"] = service_rss_mb(master)
-    return report(rows, probes, memory, args)
+    return report(rows, probes, memory, len(children(master)), args)
 
 
-def report(rows: list[dict], probes: list[float], memory: dict, args) -> int:
+def report(rows: list[dict], probes: list[float], memory: dict, workers: int, args) -> int:
     kinds: dict[str, dict] = {}
     for row in rows:
         entry = kinds.setdefault(row["kind"], {"statuses": {}, "seconds": [], "messages": set()})
@@ -181,11 +188,12 @@ def report(rows: list[dict], probes: list[float], memory: dict, args) -> int:
     slowest_probe = max(probes) if probes else float("inf")
     result = {"seconds": args.seconds, "clients": args.clients, "requests": len(rows), "failed": len(failed),
               "kinds": summary, "probes": len(probes), "slowest_probe_s": round(slowest_probe, 3),
-              "memory_mb": {key: round(value) for key, value in memory.items()}, "cpu_count": os.cpu_count()}
+              "memory_mb": {key: round(value) for key, value in memory.items()}, "allowed_gb": round(args.max_rss_gb, 1),
+              "workers": workers, "cpu_count": os.cpu_count()}
     print(f"\n{len(rows)} requests in {args.seconds:g} s from {args.clients} clients; failed: {len(failed)}")
     print(f"/health/live: {len(probes)} probes, slowest {slowest_probe:.3f} s")
-    print(f"memory (master + workers): {memory['baseline_mb']:.0f} MB ready, peak {memory['peak_mb']:.0f} MB, "
-          f"{memory['after_idle_mb']:.0f} MB after 5 s idle")
+    print(f"memory (master + workers): {memory['baseline_mb']:.0f} MB ready, peak {memory['peak_mb']:.0f} MB "
+          f"(allowed {args.max_rss_gb:.1f} GB), {memory['after_idle_mb']:.0f} MB after 5 s idle")
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     ok = not failed and slowest_probe <= 1.0 and memory["peak_mb"] <= args.max_rss_gb * 1024
     print("PASS" if ok else "FAIL", f"(written to {OUT.relative_to(ROOT)})")

@@ -1,7 +1,7 @@
 """Resident memory of one service worker with all five models: at ready, after one-at-a-time uploads, and after
 bursts of concurrent large uploads (the performance issue asks for at most 1.2 GB per worker).
 
-gunicorn as `make run` starts it (one worker); each typical upload (bench/typical_uploads.py) sent twice one at
+gunicorn as `make run` starts it, with one worker; each typical upload (bench/typical_uploads.py) sent twice one at
 a time, then bursts sent at once: 4 regions, 4 mitosis fields, 8 mixed large uploads; the worker's resident
 memory after each step and 3 s after the last. Also the time from start to ready. Writes
 bench/worker_memory.json.
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     large = [uploads[name] for name in ("metastasis region", "mitosis", "chromosome", "protein") if name in uploads]
     steps: dict[str, float] = {}
     started = time.monotonic()
-    with gunicorn_server("bench-worker-memory") as (base, server):
+    with gunicorn_server("bench-worker-memory", {"MMAX_WORKERS": "1"}) as (base, server):
         steps["ready_s"] = round(time.monotonic() - started, 1)
         (worker,) = children(server.pid)
         steps["ready"] = rss_mb(worker)

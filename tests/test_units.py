@@ -123,13 +123,71 @@ def test_malformed_setting_names_the_variable(monkeypatch):
 def test_several_workers_divide_the_cores_among_their_forward_passes(monkeypatch):
     from config import Config
 
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("core.host.usable_cores", lambda *cgroup: 8)
     assert Config(workers=1).forward_thread_count() == 0  # one worker: the runtimes' own default
     assert Config(workers=2).forward_thread_count() == 4
     assert Config(workers=16).forward_thread_count() == 1
     assert Config(workers=2, forward_threads=3).forward_thread_count() == 3  # MMAX_FORWARD_THREADS wins
     monkeypatch.setenv("MMAX_FORWARD_THREADS", "2")
     assert Config.from_env().forward_threads == 2
+
+
+def _host_files(root, cpu_max=None, memory_max=None, mem_total_kb=16 * 2**20, v1=False):
+    """A fake cgroup folder and /proc/meminfo under ``root``; (cgroup, meminfo)."""
+    cgroup = root / "cgroup"
+    (cgroup / "cpu").mkdir(parents=True)
+    (cgroup / "memory").mkdir()
+    if v1:
+        quota, period = cpu_max.split() if cpu_max else ("-1", "100000")
+        (cgroup / "cpu" / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (cgroup / "cpu" / "cpu.cfs_period_us").write_text(period + "\n")
+        (cgroup / "memory" / "memory.limit_in_bytes").write_text(f"{memory_max or 9223372036854771712}\n")
+    else:
+        (cgroup / "cpu.max").write_text(f"{cpu_max or 'max 100000'}\n")
+        (cgroup / "memory.max").write_text(f"{memory_max or 'max'}\n")
+    meminfo = root / "meminfo"
+    meminfo.write_text(f"MemTotal:       {mem_total_kb} kB\nMemFree:        1000 kB\n")
+    return cgroup, meminfo
+
+
+@pytest.mark.parametrize("v1", [False, True])
+def test_the_host_limits_are_the_containers_not_the_machines(tmp_path, monkeypatch, v1):
+    from core import host
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    free, _ = _host_files(tmp_path / "free", v1=v1)
+    assert host.usable_cores(free) == 16 and host.cpu_quota(free) is None
+    assert host.memory_bytes(free, tmp_path / "free" / "meminfo") == 16 * 2**30  # MemTotal when no limit
+    limited, meminfo = _host_files(tmp_path / "limited", cpu_max="250000 100000", memory_max=8 * 2**30, v1=v1)
+    assert host.cpu_quota(limited) == 2.5
+    assert host.usable_cores(limited) == 2  # --cpus 2.5: two whole cores
+    assert host.memory_bytes(limited, meminfo) == 8 * 2**30
+
+
+def test_automatic_workers_are_one_per_core_as_far_as_memory_allows(tmp_path, monkeypatch):
+    from config import Config
+    from core import host
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    budget = 5120 * 2**20
+    roomy = _host_files(tmp_path / "roomy", mem_total_kb=64 * 2**20)
+    assert host.auto_workers(budget, *roomy) == 8
+    small = _host_files(tmp_path / "small", memory_max=13 * 2**30)  # two budgets of 5 GB + 1 GB fit, not three
+    assert host.auto_workers(budget, *small) == 2
+    tiny = _host_files(tmp_path / "tiny", memory_max=2 * 2**30)
+    assert host.auto_workers(budget, *tiny) == 1  # never none
+    two_cores = _host_files(tmp_path / "two", cpu_max="200000 100000", mem_total_kb=64 * 2**20)
+    assert host.auto_workers(budget, *two_cores) == 2
+    assert host.auto_workers(budget, tmp_path / "nothing", tmp_path / "nothing") == 8  # unreadable: the cores
+
+    monkeypatch.setattr(host, "auto_workers", lambda worker_bytes: 3 if worker_bytes == 1024 * 2**20 else -1)
+    monkeypatch.setenv("MMAX_WORKER_MEMORY_MB", "1024")
+    monkeypatch.delenv("MMAX_WORKERS", raising=False)
+    assert Config.from_env().workers == 3  # unset: automatic, from the worker's memory budget
+    monkeypatch.setenv("MMAX_WORKERS", "0")
+    assert Config.from_env().workers == 3
+    monkeypatch.setenv("MMAX_WORKERS", "5")
+    assert Config.from_env().workers == 5  # a number is taken as it is
 
 
 def test_temperature_scaling_calibrates_overconfident_probabilities():
