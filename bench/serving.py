@@ -1,15 +1,16 @@
 """``make bench``: the real limit of each request, this service under gunicorn, and a MAX-style baseline, side by side.
 
 For each model: in-process forward passes of the network alone (images/s at batch 32, ms at batch 1, for ONNX
-Runtime and TensorFlow, and whether they agree). For each typical upload (bench/typical_uploads.py: every
-model, the metastasis patch and region apart): (a) the limit, the whole request in-process (decode, analysis,
-answer JSON; no HTTP) back to back, once in one process with the runtimes' threads and once in one
-single-threaded process per core, the better of the two being the limit; (b) this service as configured by
-default (gunicorn, micro-batching, the default runtime; and once with one worker), (c) the same pipeline served by BentoML with adaptive
-batching (bench/bentoml_peer.py, in its own environment, made here on first use) and (d) bench/max_baseline.py,
-each under 1, 4, 8 and 16 concurrent clients sending that upload: requests/s and p50/p95/p99 latency, and the
-service's share of the limit. Also start-up time to ready and resident memory. Writes bench/results.json and
-prints the tables.
+Runtime and TensorFlow, and whether they agree). For each typical upload (bench/typical_uploads.py: every model,
+the metastasis patch and region apart): (a) the limit, the whole request in-process (decode, analysis, answer
+JSON; no HTTP) back to back, once in one process with the runtimes' threads and once in one single-threaded
+process per core, the better of the two being the limit, measured just before and just after the service's
+figures for that upload (the mean of the two: the machine's speed drifts over minutes); (b) this service as
+configured by default (gunicorn, micro-batching, the default runtime; and once with one worker), (c) the same
+pipeline served by BentoML with adaptive batching (bench/bentoml_peer.py, in its own environment, made here on
+first use) and (d) bench/max_baseline.py, each under 1, 4, 8 and 16 concurrent clients sending that upload:
+requests/s and p50/p95/p99 latency, and the service's share of the limit. Also start-up time to ready and
+resident memory. Writes bench/results.json and prints the tables.
 Timings depend on the machine and its load: compare only figures of one run.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import requests
@@ -135,6 +136,17 @@ def inprocess_limit(upload: Upload, seconds: float) -> dict:
     per_core = inprocess_rate(upload, os.cpu_count() or 1, 1, seconds)
     best = max(one, per_core, key=lambda r: r["rps"])
     return {"one_process": one, "one_process_per_core": per_core, "inprocess_all_cores_rps": best["rps"]}
+
+
+def mean_limit(measurements: list[dict]) -> dict:
+    """The limit measured before and after an upload's service figures: each configuration's rate averaged,
+    both measurements kept."""
+    out: dict = {"measurements": measurements}
+    for key in ("one_process", "one_process_per_core"):
+        out[key] = {**measurements[0][key], **{figure: round(statistics.mean(m[key][figure] for m in measurements), 2)
+                                               for figure in ("rps", "p50_ms", "p99_ms")}}
+    out["inprocess_all_cores_rps"] = max(out["one_process"]["rps"], out["one_process_per_core"]["rps"])
+    return out
 
 
 def free_port() -> int:
@@ -269,9 +281,12 @@ def bentoml_command() -> list[str]:
 
 
 def serve_and_measure(command: list[str], env: dict, uploads: list[Upload], seconds: float,
-                      clients_levels: tuple[int, ...] = CLIENTS, ready_path: str = "/health/ready") -> dict:
+                      clients_levels: tuple[int, ...] = CLIENTS, ready_path: str = "/health/ready",
+                      beside: Callable[[Upload], None] | None = None) -> dict:
     """Start ``command`` (``--port`` added unless it is gunicorn, which reads MMAX_PORT), then measure each
-    upload at each client count; resident memory of its worker processes afterwards."""
+    upload at each client count; resident memory of its worker processes afterwards. ``beside(upload)`` runs
+    just before and just after each upload's measurements, while the server idles: the machine's speed drifts
+    over minutes, so a limit measured there is comparable with the service's figures."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     LOG.parent.mkdir(parents=True, exist_ok=True)
@@ -284,10 +299,14 @@ def serve_and_measure(command: list[str], env: dict, uploads: list[Upload], seco
         out = {"ready_s": round(ready_s, 1), "uploads": {}}
         for upload in uploads:
             load(base, upload, 2, 2)  # warm both the client and the server paths
+            if beside:
+                beside(upload)
             out["uploads"][upload.name] = {}
             for clients in clients_levels:
                 out["uploads"][upload.name][str(clients)] = load(base, upload, clients, seconds)
                 print(f"  {upload.name} {clients:>2} clients: {out['uploads'][upload.name][str(clients)]}", flush=True)
+            if beside:
+                beside(upload)
         workers = descendants(process.pid) or [process.pid]
         out["rss_mb_per_worker"] = [rss_mb(pid) for pid in workers]
         return out
@@ -314,14 +333,18 @@ def main() -> None:
     for model_id in models:
         print(f"[network] {model_id}", flush=True)
         results[model_id] = forward_limits(model_id, args.repeats)
-    requests_: dict = {}
-    for upload in uploads:
+    limits: dict[str, list[dict]] = {upload.name: [] for upload in uploads}
+
+    def measure_limit(upload: Upload) -> None:
         print(f"[limit] {upload.name}", flush=True)
-        requests_[upload.name] = {"model": upload.model, "pixels": upload.pixels,
-                                  **inprocess_limit(upload, args.seconds)}
-    print("[service] gunicorn, default settings (MMAX_WORKERS automatic: one per core as memory allows)", flush=True)
+        limits[upload.name].append(inprocess_limit(upload, args.seconds))
+
+    print("[service] gunicorn, default settings (MMAX_WORKERS automatic: one per core as memory allows), "
+          "each upload between two measurements of its limit", flush=True)
     service = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"], env, uploads,
-                                args.seconds)
+                                args.seconds, beside=measure_limit)
+    requests_ = {upload.name: {"model": upload.model, "pixels": upload.pixels, **mean_limit(limits[upload.name])}
+                 for upload in uploads}
     print("[service] gunicorn, MMAX_WORKERS=1 (one interpreter, the forward passes on every core)", flush=True)
     one_worker = serve_and_measure([str(Path(python).with_name("gunicorn")), "app:create_app()"],
                                    {**env, "MMAX_WORKERS": "1"}, uploads, args.seconds, (1, 8))
