@@ -38,8 +38,8 @@ SERVICE_VERSION = "1.0"
 class Config:
     host: str = "0.0.0.0"
     port: int = 5000
-    # gunicorn worker processes; MMAX_WORKERS=0 (the default): one per usable core, as many as fit in memory
-    # (core/host.py)
+    # gunicorn worker processes; from_env: MMAX_WORKERS unset or 0 gives one per usable core, as many as fit
+    # in memory (core/host.py)
     workers: int = 1
     threads: int = 4
     # Threads of one forward pass (ONNX Runtime, TensorFlow); 0: the cores divided among the workers, so

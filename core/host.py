@@ -60,8 +60,8 @@ def auto_workers(worker_memory_bytes: int, cgroup: Path = CGROUP, meminfo: Path 
     """One worker per usable core, as many as fit in memory with each holding its requests' budget
     (``worker_memory_bytes``, MMAX_WORKER_MEMORY_MB) and its models (WORKER_BASE_BYTES); at least one.
 
-    A single interpreter runs a request's Python steps one at a time: on 2 cores, two workers answered 48 %
-    (leukocyte) and 39 % (patch) more requests at 8 clients than one (bench/serving.py)."""
+    A single interpreter runs a request's Python steps one at a time: on 2 cores, two workers answered 55 %
+    more leukocyte and patch requests at 8 clients than one (bench/serving.py)."""
     cores = usable_cores(cgroup)
     memory = memory_bytes(cgroup, meminfo)
     if memory is None:
