@@ -28,10 +28,12 @@ if _own_metrics_dir:
 def on_starting(server):
     from app import preflight
 
-    server.log.info("%d worker(s) (MMAX_WORKERS %s), %d forward thread(s) each", workers,
-                    os.environ.get("MMAX_WORKERS") or f"automatic: {host.usable_cores()} usable core(s), "
-                    f"{(host.memory_bytes() or 0) / 2**30:.1f} GB memory, each worker's budget "
-                    f"{_config.worker_memory_mb} MB + 1 GB", _config.forward_thread_count() or host.usable_cores())
+    given = os.environ.get("MMAX_WORKERS", "").strip()
+    why = given if given not in ("", "0") else (
+        f"automatic: {host.usable_cores()} usable core(s), {(host.memory_bytes() or 0) / 2**30:.1f} GB memory, "
+        f"each worker's budget {_config.worker_memory_mb} MB + 1 GB")
+    server.log.info("%d worker(s) (MMAX_WORKERS %s), %d forward thread(s) each", workers, why,
+                    _config.forward_thread_count() or host.usable_cores())
     preflight(_config)  # a missing asset or unusable data dir: one clear line, and no worker boot loop
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(directory, ignore_errors=True)  # counts from a previous run would be added in

@@ -92,8 +92,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.max_rss_gb is None:
         config = Config.from_env()
-        args.max_rss_gb = (config.workers * (config.worker_memory_mb * 2**20 + host.WORKER_BASE_BYTES)
-                           + 2**30) / 2**30
+        args.max_rss_gb = (config.workers * host.worker_need(config.worker_memory_mb * 2**20) + 2**30) / 2**30
     print("making the uploads ...", flush=True)
     kinds = uploads()
     with gunicorn_server("soak-data") as (base, server):

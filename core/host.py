@@ -56,6 +56,11 @@ def memory_bytes(cgroup: Path = CGROUP, meminfo: Path = MEMINFO) -> int | None:
     return min(limits) if limits else None
 
 
+def worker_need(worker_memory_bytes: int) -> int:
+    """The memory one worker may come to hold: its requests' budget (MMAX_WORKER_MEMORY_MB) and its models."""
+    return worker_memory_bytes + WORKER_BASE_BYTES
+
+
 def auto_workers(worker_memory_bytes: int, cgroup: Path = CGROUP, meminfo: Path = MEMINFO) -> int:
     """One worker per usable core, as many as fit in memory with each holding its requests' budget
     (``worker_memory_bytes``, MMAX_WORKER_MEMORY_MB) and its models (WORKER_BASE_BYTES); at least one.
@@ -66,4 +71,4 @@ def auto_workers(worker_memory_bytes: int, cgroup: Path = CGROUP, meminfo: Path 
     memory = memory_bytes(cgroup, meminfo)
     if memory is None:
         return cores
-    return max(1, min(cores, memory // (worker_memory_bytes + WORKER_BASE_BYTES)))
+    return max(1, min(cores, memory // worker_need(worker_memory_bytes)))
