@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from config import ROOT
@@ -31,6 +32,27 @@ def test_crop_window_pads_at_the_border():
     crop = crop_window(rgb, (5.0, 5.0), 40)
     assert crop.shape == (40, 40, 3)
     assert (crop[:10, :10] == 0).all() and (crop[-5:, -5:] == 200).all()
+
+
+def test_the_answer_combines_the_network_with_the_measure_classifier(app):
+    """What the service answers for each cell is the network's and the measure classifier's probabilities
+    combined (normalised geometric mean), then temperature-scaled: the combination the figures were measured on."""
+    from core.evaluation import temper
+    from core.models.leukocyte import geometric_mean
+
+    model = app.extensions["mmax_registry"].get("leukocyte")
+    classify = model.companion_forward("measures")
+    assert classify is not None, "the shipped model.json names a measure classifier"
+    defaults = {option.name: option.default for option in model.declared_options()}
+    image = smear(size=(640, 480), leukocytes=((150, 140, 26), (420, 300, 30)), platelets=())
+    batch, found = model.preprocess(image, defaults)
+    network = model.run_network(batch)
+    expected = temper(geometric_mean(network, classify(found.measures)), model.spec.meta["inference"]["temperature"])
+    answer = model.predict(image, defaults)["predictions"]
+    assert len(answer) == 2
+    for prediction, row in zip(answer, expected):
+        assert [prediction["probabilities"][name] for name in model.spec.label_names] == \
+            pytest.approx(row.tolist(), abs=1e-4)
 
 
 @needs(LEUKOCYTE_DATA)

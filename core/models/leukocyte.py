@@ -3,9 +3,12 @@
 Leukocyte nuclei are the purple objects of a Wright/Giemsa smear: blue well above green, while red cells
 and background are pink or pale. Thresholding that difference, merging nuclear lobes and dropping the
 small purple platelets finds each leukocyte; a fixed window around it goes to the classifier. Training
-uses the very same detection and window (``network_input``), so serving sees what training saw. The
-probabilities are temperature-scaled (model.json ``inference.temperature``); a cell whose top probability
-is below ``min_confidence`` is marked uncertain (its best label is still given).
+uses the very same detection and window (``network_input``), so serving sees what training saw. Where
+model.json has a ``measures`` section, a linear classifier on what a haematologist looks at in the same window
+(core.models.leukocyte_measures) answers too, and the two answers are combined: their normalised geometric
+mean, with equal weights (the network and the measures err on different cells). The result is
+temperature-scaled (model.json ``inference.temperature``, fitted on validation cells); a cell whose top
+probability is below ``min_confidence`` is marked uncertain (its best label is still given).
 """
 from __future__ import annotations
 
@@ -19,11 +22,9 @@ from skimage import filters, measure
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
+from core.models.leukocyte_measures import MEASURE_NAMES, STAIN_FLOOR, cell_measures
 from core.morphology import close_disk, dilate_disk
 from core.options import Option
-
-# Blue minus green of a nucleus pixel is typically 60-150; of red cells and background below 30.
-STAIN_FLOOR = 40
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,24 @@ class LeukocyteInput(InputSpec):
     min_nucleus_area_px: int     # smaller purple objects are platelets
 
 
+def geometric_mean(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Rows of two classifiers' probabilities combined: the normalised geometric mean of each row."""
+    combined = np.sqrt(np.clip(first, 1e-12, 1.0) * np.clip(second, 1e-12, 1.0))
+    return combined / combined.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What preprocess found in an upload, for postprocess."""
+    cells: list[Leukocyte]
+    scale: float
+    measures: np.ndarray  # cells × measures (core.models.leukocyte_measures); no columns when not used
+
+
 class LeukocyteModel(MicroscopyModel):
     Input = LeukocyteInput
+    #: model.json ``measures``: the linear classifier on measures, combined with the network
+    companions = ("measures",)
     options = (
         Option("scale", float,
                "resize factor that brings the upload to the model's scale (a red cell about 40 px across; "
@@ -92,10 +109,29 @@ class LeukocyteModel(MicroscopyModel):
         cells = find_leukocytes(rgb, self.input.min_nucleus_area_px)
         batch = np.stack([crop_window(rgb, cell.centre, self.input.window_px) for cell in cells]) if cells \
             else np.zeros((0, self.input.window_px, self.input.window_px, 3), np.uint8)
-        return batch.astype(np.float32), (cells, scale)
+        measures = self.measures_of(batch) if self.companion_forward("measures") else np.zeros((len(cells), 0))
+        return batch.astype(np.float32), Found(cells, scale, measures)
 
-    def postprocess(self, probabilities: np.ndarray, context: Any, options: dict[str, Any]) -> dict[str, Any]:
-        cells, scale = context
+    def predict(self, inputs: Image.Image, options: dict[str, Any]) -> dict[str, Any]:
+        batch, found = self.preprocess(inputs, options)
+        probabilities = self.combined(self.run_network(batch), found.measures)
+        return self.postprocess(self.calibrated(probabilities), found, options)
+
+    @staticmethod
+    def measures_of(windows: np.ndarray) -> np.ndarray:
+        """The measures of each window's central cell (rows × measures, float32)."""
+        return np.stack([cell_measures(np.asarray(window, np.uint8)) for window in windows]) if len(windows) \
+            else np.zeros((0, len(MEASURE_NAMES)), np.float32)
+
+    def combined(self, network_probabilities: np.ndarray, measures: np.ndarray) -> np.ndarray:
+        """The network's probabilities combined with the measure classifier's (when the model has one)."""
+        classify = self.companion_forward("measures")
+        if classify is None or not len(network_probabilities):
+            return network_probabilities
+        return geometric_mean(network_probabilities, classify(np.asarray(measures, np.float32)))
+
+    def postprocess(self, probabilities: np.ndarray, context: Found, options: dict[str, Any]) -> dict[str, Any]:
+        cells, scale = context.cells, context.scale
         names = self.spec.label_names
         predictions = []
         for cell, per_class in zip(cells, probabilities):

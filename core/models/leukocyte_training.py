@@ -2,19 +2,26 @@
 
 The files are augmented copies (rotations, flips, shifts) of fewer original cells, and their names do not
 say which: the group of a file is the cell it shows, found by comparing the files themselves
-(core.training.duplicates), so that no cell has copies on both sides of a split.
+(core.training.duplicates), so that no cell has copies on both sides of a split. Beside the network, a
+multinomial logistic regression on the cell's measures (core.models.leukocyte_measures) is fitted on the same
+training cells and served with it (model.json ``measures``).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from core.imageio import to_rgb8
 from core.models.leukocyte import find_leukocytes
+from core.models.leukocyte_measures import MEASURE_NAMES
 from core.training.duplicates import polar_signature, same_object_groups
 from core.training.recipe import Example, TrainingRecipe
+
+#: scikit-learn's C of the measure classifier (L2; smaller: more regularised)
+MEASURE_STRENGTH = 1.0
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
@@ -41,6 +48,33 @@ class LeukocyteTraining(TrainingRecipe):
 
     def network_input(self, image: Image.Image) -> np.ndarray:
         return self.model.network_input(image)
+
+    def train_companions(self, settings, groups: dict[str, set[str]]) -> dict[str, Any]:
+        """The measure classifier (model.json ``measures``), fitted on the network's training cells only: the
+        validation cells stay unseen for the temperature, the test cells for the figures."""
+        from core.training.data import load_arrays
+        from core.training.linear import fit_multinomial
+        from core.training.trainer import save_network
+
+        section = self.model.spec.meta.get("measures")
+        if section is None:
+            return {}
+        arrays = load_arrays(self, settings.data, settings.cache_dir)
+        train = np.flatnonzero(np.isin(arrays.groups, sorted(groups["train"])))
+        measures = self.model.measures_of(arrays.x[train])
+        classifier = fit_multinomial(measures, arrays.y[train], len(self.model.spec.labels), MEASURE_STRENGTH)
+        network = classifier.to_keras()
+        self.model.use_companion_network("measures", network)
+        print(f"[measures] logistic regression on {measures.shape[1]} measures of {len(train)} training files",
+              flush=True)
+        return {"measures": {**section, "fitted_on": f"{len(train)} files of {len(groups['train'])} training cells",
+                             "strength_c": MEASURE_STRENGTH, "measures": len(MEASURE_NAMES),
+                             "weights": save_network(network, settings.out, section["weights"]["file"])}}
+
+    def combine(self, probabilities: np.ndarray, x: np.ndarray) -> np.ndarray:
+        if self.model.companion_forward("measures") is None:
+            return probabilities
+        return self.model.combined(probabilities, self.model.measures_of(x))
 
 
 RECIPE = LeukocyteTraining

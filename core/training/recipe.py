@@ -66,6 +66,12 @@ class TrainingRecipe:
         main network is fitted and before the evaluation, which sees the whole model."""
         return {}
 
+    def combine(self, probabilities: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The model's answer for network inputs ``x`` from its network's ``probabilities``: the network's own,
+        unless the model combines them with a companion's (leukocyte measures), so that the evaluation and the
+        temperature see what the service answers."""
+        return probabilities
+
     def training_only(self, groups: np.ndarray) -> np.ndarray | None:
         """Examples that only ever train (boolean mask over examples), e.g. hard negatives mined from a slide
         whose other part is reported: never in the early-stopping or test split. None: every example is split."""

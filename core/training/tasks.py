@@ -27,6 +27,8 @@ class SingleLabel:
         self.predefined = False
         #: the test split's truth, (calibrated) probabilities and groups, for pooling over folds
         self.held_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: the same for the network alone, when the model combines it with a companion (else None)
+        self.held_out_network: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def targets(self, arrays: Arrays) -> np.ndarray:
         return arrays.y
@@ -70,14 +72,19 @@ class SingleLabel:
             # 8 float views of a whole test set at 192 px are ~10 GB: evaluate a chunk at a time
             return np.concatenate([fn(x[start:start + size]) for start in range(0, len(x), size)])
 
-        def served(x: np.ndarray) -> np.ndarray:
-            return in_chunks(lambda part: dihedral_mean(predict, part), x) if s.tta else in_chunks(predict, x)
+        def network_answer(x: np.ndarray, views: bool) -> np.ndarray:
+            return in_chunks(lambda part: dihedral_mean(predict, part), x) if views else in_chunks(predict, x)
 
-        plain, probabilities = in_chunks(predict, test.x), served(test.x)
+        network_plain, network_served = network_answer(test.x, False), network_answer(test.x, s.tta)
+        plain, probabilities = (self.recipe.combine(network_plain, test.x),
+                                self.recipe.combine(network_served, test.x))
+        # the network alone, where the model combines it with a companion: what the combination adds
+        self.held_out_network = None if np.array_equal(probabilities, network_served) else \
+            (test.y, network_served, test.groups)
         calibration = None
         if self.recipe.temperature_scaling:
             val = arrays.subset(split["val"])
-            temperature = fit_temperature(served(val.x), val.y)
+            temperature = fit_temperature(self.recipe.combine(network_answer(val.x, s.tta), val.x), val.y)
             updates["inference"]["temperature"] = temperature
             tempered = temper(probabilities, temperature)
             calibration = {"temperature": temperature, "fitted_on": "the validation groups",
@@ -99,6 +106,8 @@ class SingleLabel:
             metrics["test_without_tta"] = reports["plain"]
         if calibration:
             metrics["calibration"] = calibration
+        if self.held_out_network is not None:
+            metrics["test_network_only"] = classification_report(test.y, network_served, test.groups, names)
         detection = self.recipe.evaluate(s.data, set(test.groups))
         if detection is not None:
             metrics["detection"] = detection
@@ -106,17 +115,21 @@ class SingleLabel:
                   flush=True)
         return updates, metrics
 
-    def summarise_folds(self, metas: list[dict[str, Any]], held_out: list[tuple] | None = None) -> dict[str, Any]:
+    def summarise_folds(self, metas: list[dict[str, Any]], held_out: list[tuple] | None = None,
+                        held_out_network: list[tuple] | None = None) -> dict[str, Any]:
+        """Mean ± sd of the folds' figures; with every fold's held-out predictions of single-label groups, the
+        pooled report (``pooled``; ``pooled_network_only`` for the network alone where the model combines it)."""
         reports = [meta["metrics"]["test"] for meta in metas]
         summary: dict[str, Any] = {"folds": len(metas), "split": "each fold's held-out cells/groups in turn"}
-        if held_out and all(held_out):
-            y, p, groups = (np.concatenate(parts) for parts in zip(*held_out))
+        floor = next((o.default for o in self.recipe.model.declared_options() if o.name == "min_confidence"), None)
+        for key, parts in (("pooled", held_out), ("pooled_network_only", held_out_network)):
+            if not parts or not all(parts):
+                continue
+            y, p, groups = (np.concatenate(part) for part in zip(*parts))
             if all(len(set(y[groups == g])) == 1 for g in set(groups)):  # one label per group (a cell)
-                floor = next((o.default for o in self.recipe.model.declared_options() if o.name == "min_confidence"),
-                             None)
-                summary["pooled"] = pooled_report(y, p, groups, self.recipe.model.spec.label_names, floor)
-                if self.recipe.temperature_scaling:
-                    summary["pooled"]["ece"] = expected_calibration_error(p, y)
+                summary[key] = pooled_report(y, p, groups, self.recipe.model.spec.label_names, floor)
+                if self.recipe.temperature_scaling and key == "pooled":
+                    summary[key]["ece"] = expected_calibration_error(p, y)
         for key in self.fold_keys:
             if all(key in report for report in reports):
                 summary[key] = mean_sd([report[key] for report in reports])

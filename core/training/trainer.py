@@ -185,7 +185,8 @@ def cross_validate(settings: TrainSettings) -> dict[str, Any]:
                 print(f"[cv] fold {fold} of {settings.folds}", flush=True)
                 runs.append(_train_fold(replace(settings, fold=fold, out=Path(scratch) / str(fold), command=None)))
     metas = [meta for meta, _ in runs]
-    summary = runs[0][1].summarise_folds(metas, [getattr(task, "held_out", None) for _, task in runs])
+    summary = runs[0][1].summarise_folds(metas, [getattr(task, "held_out", None) for _, task in runs],
+                                         [getattr(task, "held_out_network", None) for _, task in runs])
     shipped = metas[0]
     shipped["metrics"]["cross_validation"] = summary
     if "pooled" in summary:  # the claim: every group predicted once by a model that never saw it
