@@ -50,7 +50,8 @@ def loaded_leukocyte(cache):
 
 def test_a_fresh_serving_process_never_imports_tensorflow_and_answers_as_the_network_does(tmp_path, app):
     first = fresh_answer(tmp_path)  # converts in a child process
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".onnx"]
+    # one conversion and its record per network: the leukocyte network and its measure classifier
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json", ".onnx", ".onnx"]
     again = fresh_answer(tmp_path)  # reads the cached conversion
     for answer in (first, again):
         assert answer["tensorflow_imported"] is False and answer["runtime"] == "onnx"
