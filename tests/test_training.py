@@ -41,10 +41,33 @@ def test_training_command_writes_a_model_the_service_loads(tmp_path: Path):
     assert meta["training"]["command"].startswith("python -m core.training leukocyte")
     assert meta["training"]["settings"]["weights"] == "none" and meta["inference"]["tta"] is True
 
+    # the network's answers on the fold's validation and test files are kept for later combination studies
+    with np.load(tmp_path / "cache" / "leukocyte-network-answers-fold0-of5-seed0.npz") as answers:
+        assert len(answers["test"]) == report["examples"]
+        assert not set(answers["test"]) & set(answers["val"]) and not set(answers["test"]) & set(answers["train"])
+        for part in ("val", "test"):
+            probabilities = answers[f"network_{part}"]
+            assert probabilities.shape == (len(answers[part]), 4)
+            np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
     app = make_app(config_with(assets_dir=tmp_path / "assets"))
     response = app.test_client().post("/model/leukocyte/predict", data={"image": (io.BytesIO(encode(smear())), "a.png")},
                                       content_type="multipart/form-data")
     assert response.status_code == 200 and len(response.get_json()["predictions"]) == 1
+
+
+def test_cross_validation_fits_each_folds_temperature_on_the_other_folds_held_out_cells(tmp_path: Path):
+    data = tiny_dataset(tmp_path / "data", cells_per_class=6)
+    out = tmp_path / "assets" / "leukocyte"
+    train_main(["leukocyte", "--data", str(data), "--weights", "none", "--epochs", "1", "--batch-size", "8",
+                "--folds", "2", "--cross-validate", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    meta = json.loads((out / "model.json").read_text())
+    calibration = meta["metrics"]["calibration"]
+    assert calibration["fitted_on"] == "the other 1 folds' held-out groups (cross-fitted)"
+    assert meta["inference"]["temperature"] == calibration["temperature"] > 0
+    assert "validation_temperature" in calibration and 0 <= calibration["ece_test_after"] <= 1
+    pooled = meta["metrics"]["test"]
+    assert pooled["examples"] == 6 * 4 * 2  # every file held out once
 
 
 def test_unknown_backbone_and_missing_weights_file_are_clear_errors(tmp_path: Path):

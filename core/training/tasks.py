@@ -5,6 +5,7 @@ The trainer (core.training.trainer) runs one pipeline and asks the task for thes
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ class SingleLabel:
         self.held_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         #: the same for the network alone, when the model combines it with a companion (else None)
         self.held_out_network: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: the test split's answers before the temperature (models with temperature scaling)
+        self.held_out_untempered: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def targets(self, arrays: Arrays) -> np.ndarray:
         return arrays.y
@@ -84,9 +87,12 @@ class SingleLabel:
         calibration = None
         if self.recipe.temperature_scaling:
             val = arrays.subset(split["val"])
-            temperature = fit_temperature(self.recipe.combine(network_answer(val.x, s.tta), val.x), val.y)
+            network_val = network_answer(val.x, s.tta)
+            self.save_network_answers(split, network_val, network_served)
+            temperature = fit_temperature(self.recipe.combine(network_val, val.x), val.y)
             updates["inference"]["temperature"] = temperature
             tempered = temper(probabilities, temperature)
+            self.held_out_untempered = (test.y, probabilities, test.groups)
             calibration = {"temperature": temperature, "fitted_on": "the validation groups",
                            "ece_test_before": expected_calibration_error(probabilities, test.y),
                            "ece_test_after": expected_calibration_error(tempered, test.y)}
@@ -114,6 +120,37 @@ class SingleLabel:
             print(f"[test] detection: {json.dumps({k: v for k, v in detection.items() if k != 'per_group'})}",
                   flush=True)
         return updates, metrics
+
+    def save_network_answers(self, split: dict[str, np.ndarray], val: np.ndarray, test: np.ndarray) -> None:
+        """The network's served probabilities on this fold's validation and test examples (with the split's
+        example indices into the cached arrays), in the cache folder: a later study of how to combine or
+        calibrate them (e.g. with a companion fitted on the same training groups) needs no retraining."""
+        s = self.settings
+        name = f"{self.recipe.model.spec.id}-network-answers-fold{s.fold}-of{s.folds}-seed{s.seed}.npz"
+        path = Path(s.cache_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, train=split["train"], val=split["val"], test=split["test"], network_val=val, network_test=test)
+        print(f"[answers] the network's validation and test probabilities saved to {path}", flush=True)
+
+    def cross_fit_temperature(self, meta: dict[str, Any], others: list["SingleLabel"]) -> None:
+        """Replace this fold's temperature, fitted on its few validation groups, by one fitted on the other
+        folds' held-out answers (before their temperature): several times the groups, none of this fold's
+        test groups, each answered by a model that never saw it. Argmax answers are unchanged; the held-out
+        probabilities, model.json ``inference.temperature`` and ``metrics.calibration`` are updated."""
+        y, raw, groups = self.held_out_untempered
+        temperature = fit_temperature(np.concatenate([t.held_out_untempered[1] for t in others]),
+                                      np.concatenate([t.held_out_untempered[0] for t in others]))
+        tempered = temper(raw, temperature)
+        self.held_out = (y, tempered, groups)
+        meta.setdefault("inference", {})["temperature"] = temperature
+        meta["metrics"]["calibration"] = {
+            **meta["metrics"].get("calibration", {}), "temperature": temperature,
+            "fitted_on": f"the other {len(others)} folds' held-out groups (cross-fitted)",
+            "validation_temperature": meta["metrics"].get("calibration", {}).get("temperature"),
+            "ece_test_after": expected_calibration_error(tempered, y)}
+        print(f"[calibrate] fold {self.settings.fold}: temperature {temperature} from the other folds' held-out "
+              f"answers: test ECE {meta['metrics']['calibration']['ece_test_before']} -> "
+              f"{meta['metrics']['calibration']['ece_test_after']}", flush=True)
 
     def summarise_folds(self, metas: list[dict[str, Any]], held_out: list[tuple] | None = None,
                         held_out_network: list[tuple] | None = None) -> dict[str, Any]:

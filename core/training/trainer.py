@@ -185,6 +185,10 @@ def cross_validate(settings: TrainSettings) -> dict[str, Any]:
                 print(f"[cv] fold {fold} of {settings.folds}", flush=True)
                 runs.append(_train_fold(replace(settings, fold=fold, out=Path(scratch) / str(fold), command=None)))
     metas = [meta for meta, _ in runs]
+    tasks = [task for _, task in runs]
+    if len(tasks) > 1 and all(task.held_out_untempered is not None for task in tasks):
+        for meta, task in runs:
+            task.cross_fit_temperature(meta, [other for other in tasks if other is not task])
     summary = runs[0][1].summarise_folds(metas, [getattr(task, "held_out", None) for _, task in runs],
                                          [getattr(task, "held_out_network", None) for _, task in runs])
     shipped = metas[0]
