@@ -36,7 +36,8 @@ def create_app(config: Config | None = None) -> Flask:
     registry = ModelRegistry(config.assets_dir, config.models)
     for model_id, model in registry.models.items():
         model.configure(config.runtime, config.batch_max, config.batch_wait_ms, partial(observe_batch, model_id),
-                        partial(observe_queue_wait, model_id), network_cache=config.network_cache)
+                        partial(observe_queue_wait, model_id), network_cache=config.network_cache,
+                        forward_threads=config.model_forward_threads(model.forward_on_every_core))
     app.extensions["mmax_registry"] = registry
     app.extensions["mmax_admission"] = Admission(config.queue_max, observe_rejection)
     app.extensions["mmax_memory"] = memory.MemoryBudget(config.request_memory_mb * 2**20,

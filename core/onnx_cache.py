@@ -150,9 +150,10 @@ def ensure(networks: list[NetworkFile], cache_dir: Path) -> Path:
     return cache_dir
 
 
-def load(network: NetworkFile, runtime: str, cache_dir: Path) -> ServedNetwork:
-    """``network`` ready to serve: its cached ONNX file in ONNX Runtime (converted first if need be), or, for
-    runtime ``tensorflow`` or a graph ONNX cannot serve faithfully, TensorFlow in this process."""
+def load(network: NetworkFile, runtime: str, cache_dir: Path, threads: int | None = None) -> ServedNetwork:
+    """``network`` ready to serve: its cached ONNX file in ONNX Runtime on ``threads`` threads (see
+    core.runtime.onnx_session_forward; converted first if need be), or, for runtime ``tensorflow`` or a graph
+    ONNX cannot serve faithfully, TensorFlow in this process (with the process's threads)."""
     if runtime != "tensorflow":
         cache_dir = ensure([network], cache_dir)
         info = _info(network, cache_dir)
@@ -161,7 +162,7 @@ def load(network: NetworkFile, runtime: str, cache_dir: Path) -> ServedNetwork:
         problem = info.get("error") or (f"its outputs differ from TensorFlow's by {info['difference']:.2g} "
                                         f"(> {TOLERANCE:g})" if info["difference"] > TOLERANCE else None)
         if problem is None:
-            forward = onnx_session_forward((cache_dir / f"{network.key}.onnx").read_bytes())
+            forward = onnx_session_forward((cache_dir / f"{network.key}.onnx").read_bytes(), threads)
             return ServedNetwork("onnx", forward, tuple(info["input_shape"]), info["classes"], info["output_width"])
         if runtime == "onnx":
             raise AssetError(f"{network.path.name} cannot be served by ONNX Runtime: {problem}")

@@ -80,13 +80,15 @@ def to_onnx(function) -> bytes:
     return proto.SerializeToString()
 
 
-def onnx_session_forward(model: bytes) -> Forward:
-    """An ONNX model run by ONNX Runtime (its default threads, or limit_threads')."""
+def onnx_session_forward(model: bytes, threads: int | None = None) -> Forward:
+    """An ONNX model run by ONNX Runtime on ``threads`` threads (0: its default, every core; None: the
+    process's setting, limit_threads')."""
     import onnxruntime
 
+    threads = _threads if threads is None else threads
     options = onnxruntime.SessionOptions()
-    if _threads:
-        options.intra_op_num_threads = options.inter_op_num_threads = _threads
+    if threads:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
     # Idle forward threads sleep instead of spinning: a request's Python work shares the cores with them, and
     # spinning took those cores under concurrent load (README, Performance: +7-19 % requests/s at 8 clients).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

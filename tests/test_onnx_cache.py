@@ -107,3 +107,20 @@ def test_the_tensorflow_runtime_converts_nothing(tmp_path):
     model.configure(runtime="tensorflow", max_batch=1, network_cache=tmp_path)
     model.load()
     assert model.runtime == "tensorflow" and not any(tmp_path.iterdir())
+
+
+def test_a_model_that_asks_for_every_core_gets_it_where_the_workers_divide_the_cores(tmp_path, monkeypatch):
+    from core import runtime
+
+    monkeypatch.setattr(runtime, "_threads", 1)  # this worker's share of the cores (gunicorn.conf.py)
+
+    def threads_of_new_sessions(forward_threads) -> set[int]:
+        before = set(runtime._sessions)
+        model = model_class("leukocyte")(read_spec(ROOT / "assets" / "leukocyte"))
+        model.configure(max_batch=1, network_cache=tmp_path, forward_threads=forward_threads)
+        model.load()
+        return {s.get_session_options().intra_op_num_threads for s in set(runtime._sessions) - before}
+
+    assert threads_of_new_sessions(None) == {1}  # the worker's share
+    assert threads_of_new_sessions(0) == {0}  # ONNX Runtime's default: every core
+    assert threads_of_new_sessions(2) == {2}

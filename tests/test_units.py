@@ -130,6 +130,10 @@ def test_several_workers_divide_the_cores_among_their_forward_passes(monkeypatch
     assert Config(workers=2, forward_threads=3).forward_thread_count() == 3  # MMAX_FORWARD_THREADS wins
     monkeypatch.setenv("MMAX_FORWARD_THREADS", "2")
     assert Config.from_env().forward_threads == 2
+    # a model whose every request is one large image takes every core, unless MMAX_FORWARD_THREADS says otherwise
+    assert Config(workers=2).model_forward_threads(every_core=True) == 0
+    assert Config(workers=2).model_forward_threads(every_core=False) is None  # the worker's share
+    assert Config(workers=2, forward_threads=3).model_forward_threads(every_core=True) is None
 
 
 def _host_files(root, cpu_max=None, memory_max=None, mem_total_kb=16 * 2**20, v1=False):
