@@ -32,8 +32,10 @@ def on_starting(server):
     why = given if given not in ("", "0") else (
         f"automatic: {host.usable_cores()} usable core(s), {(host.memory_bytes() or 0) / 2**30:.1f} GB memory, "
         f"each worker's budget {_config.worker_memory_mb} MB + 1 GB")
-    server.log.info("%d worker(s) (MMAX_WORKERS %s), %d forward thread(s) each", workers, why,
-                    _config.forward_thread_count() or host.usable_cores())
+    threads = _config.forward_thread_count() or host.usable_cores()
+    server.log.info("%d worker(s) (MMAX_WORKERS %s), %d forward thread(s) each%s", workers, why, threads,
+                    "" if _config.forward_threads or threads == host.usable_cores()
+                    else "; every core for a model of large images (model.json inference.forward_on_every_core)")
     preflight(_config)  # a missing asset or unusable data dir: one clear line, and no worker boot loop
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(directory, ignore_errors=True)  # counts from a previous run would be added in
