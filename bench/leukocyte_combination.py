@@ -35,6 +35,17 @@ def negative_log_likelihood(probabilities: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-12, 1)).mean())
 
 
+def scores(y: np.ndarray, answers: np.ndarray, groups: np.ndarray, label_names: list[str]) -> dict:
+    """Accuracy per file and per cell with their 95 % intervals (whole cells resampled), recall per cell, ECE."""
+    from core.evaluation import expected_calibration_error
+    from core.training.report import pooled_report
+
+    report = pooled_report(y, answers, groups, label_names)
+    return {"files": report["accuracy"], "files_interval_95": report["accuracy_interval_95"],
+            "cells": report["per_group"]["accuracy"], "cells_interval_95": report["per_group"]["accuracy_interval_95"],
+            "recall_per_cell": report["per_group"]["recall"], "ece": expected_calibration_error(answers, y)}
+
+
 def rules() -> dict[str, Rule]:
     from core.evaluation import fit_temperature, temper
     from core.training.linear import fit_multinomial
@@ -74,7 +85,6 @@ def main() -> None:
     from core.models.leukocyte_training import MEASURE_STRENGTH, LeukocyteTraining
     from core.training.data import load_arrays
     from core.training.linear import fit_multinomial
-    from core.training.report import pooled_report
 
     model = LeukocyteModel(read_spec(ROOT / "assets" / "leukocyte"))
     arrays = load_arrays(LeukocyteTraining(model), args.data, CACHE)
@@ -96,12 +106,7 @@ def main() -> None:
     results = {}
     for name, rule in rules().items():
         answers = np.concatenate([rule(nv, mv, arrays.y[val], nt, mt) for val, _, nv, nt, mv, mt in folds])
-        report = pooled_report(y_test, answers, groups, model.spec.label_names)
-        results[name] = {"files": report["accuracy"], "files_interval_95": report["accuracy_interval_95"],
-                         "cells": report["per_group"]["accuracy"],
-                         "cells_interval_95": report["per_group"]["accuracy_interval_95"],
-                         "recall_per_cell": report["per_group"]["recall"],
-                         "ece": expected_calibration_error(answers, y_test)}
+        results[name] = scores(y_test, answers, groups, model.spec.label_names)
         print(f"{name}: {json.dumps(results[name])}", flush=True)
     # the shipped combination's temperature, cross-fitted: each fold's from the other folds' held-out answers
     raw = [weighted_geometric_mean(nt, mt, 0.5) for _, _, _, nt, _, mt in folds]

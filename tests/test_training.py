@@ -56,6 +56,24 @@ def test_training_command_writes_a_model_the_service_loads(tmp_path: Path):
     assert response.status_code == 200 and len(response.get_json()["predictions"]) == 1
 
 
+def test_a_split_seed_keeps_the_split_while_the_network_seed_changes(tmp_path: Path):
+    data = tiny_dataset(tmp_path / "data", cells_per_class=6)
+    cache = tmp_path / "cache"
+    common = ["leukocyte", "--data", str(data), "--weights", "none", "--epochs", "1", "--batch-size", "8",
+              "--cache-dir", str(cache)]
+    train_main(common + ["--seed", "0", "--out", str(tmp_path / "seed0")])
+    train_main(common + ["--seed", "1", "--split-seed", "0", "--out", str(tmp_path / "seed1")])
+    train_main(common + ["--seed", "1", "--out", str(tmp_path / "seed1-own-split")])
+    runs = {}
+    for name in ("seed0", "seed1-split0", "seed1"):
+        with np.load(cache / f"leukocyte-network-answers-fold0-of5-{name}.npz") as answers:
+            runs[name] = {part: answers[part] for part in ("train", "val", "test")}
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(runs["seed0"][part], runs["seed1-split0"][part])
+    assert any(not np.array_equal(runs["seed0"][p], runs["seed1"][p]) for p in ("val", "test"))
+    assert json.loads((tmp_path / "seed1" / "model.json").read_text())["training"]["settings"]["split_seed"] == 0
+
+
 def test_cross_validation_fits_each_folds_temperature_on_the_other_folds_held_out_cells(tmp_path: Path):
     data = tiny_dataset(tmp_path / "data", cells_per_class=6)
     out = tmp_path / "assets" / "leukocyte"

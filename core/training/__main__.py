@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", type=int, default=0, help="which fold is the test split")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="groups kept for early stopping")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="shuffle the folds with this seed instead of --seed: networks of several seeds on one "
+                             "split can then be compared and averaged (bench/leukocyte_seeds.py)")
     parser.add_argument("--assets", type=Path, default=ROOT / "assets", help="where model.json is read from")
     parser.add_argument("--out", type=Path, default=None, help="where to write weights + model.json "
                         "(default: the model's assets folder)")
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         assets_dir=args.assets, backbone=args.backbone, weights=args.weights, mode=args.mode,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
         folds=args.folds, fold=args.fold, val_fraction=args.val_fraction, seed=args.seed,
+        split_seed=args.split_seed,
         cache_dir=args.cache_dir, limit_groups=args.limit_groups, tta=args.tta, stain_sigma=args.stain_jitter,
         colour_jitter=args.colour_jitter,
         input_overrides=dict(_key_value(item) for item in args.input),

@@ -89,7 +89,9 @@ class TrainingRecipe:
 
         arrays = load_arrays(self, data_dir, cache_dir)
         return arrays, self.split(arrays, settings.get("folds", 5), settings.get("fold", 0),
-                                  settings.get("val_fraction", 0.2), settings.get("seed", 0))
+                                  settings.get("val_fraction", 0.2),
+                                  settings.get("split_seed") if settings.get("split_seed") is not None
+                                  else settings.get("seed", 0))
 
     def split(self, arrays, folds: int, fold: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
         """train / val / test indices: grouped folds (or the data set's own test split), with the

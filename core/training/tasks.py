@@ -39,7 +39,7 @@ class SingleLabel:
     def split(self, arrays: Arrays) -> dict[str, np.ndarray]:
         self.predefined = self.recipe.predefined_test(arrays.groups) is not None
         s = self.settings
-        return self.recipe.split(arrays, s.folds, s.fold, s.val_fraction, s.seed)
+        return self.recipe.split(arrays, s.folds, s.fold, s.val_fraction, s.seed_of_split)
 
     def split_note(self, meta: dict[str, Any]) -> str:
         held_out = "the data set's own held-out split" if self.predefined else \
@@ -126,7 +126,8 @@ class SingleLabel:
         example indices into the cached arrays), in the cache folder: a later study of how to combine or
         calibrate them (e.g. with a companion fitted on the same training groups) needs no retraining."""
         s = self.settings
-        name = f"{self.recipe.model.spec.id}-network-answers-fold{s.fold}-of{s.folds}-seed{s.seed}.npz"
+        suffix = "" if s.seed_of_split == s.seed else f"-split{s.seed_of_split}"
+        name = f"{self.recipe.model.spec.id}-network-answers-fold{s.fold}-of{s.folds}-seed{s.seed}{suffix}.npz"
         path = Path(s.cache_dir) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, train=split["train"], val=split["val"], test=split["test"], network_val=val, network_test=test)

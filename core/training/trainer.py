@@ -39,7 +39,12 @@ class TrainSettings:
     folds: int = 5
     fold: int = 0
     val_fraction: float = 0.2
-    seed: int = 0
+    seed: int = 0  # the network's initialisation, augmentation and order; also the split's unless split_seed
+    split_seed: int | None = None  # the folds' and the validation groups' shuffle, when not ``seed``
+
+    @property
+    def seed_of_split(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
     cache_dir: Path = Path(".cache/training")
     limit_groups: int | None = None
     input_overrides: dict[str, Any] | None = None  # model.json "input" fields changed for this run
