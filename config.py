@@ -94,10 +94,10 @@ class Config:
         return max(1, host.usable_cores() // self.workers)
 
     def model_forward_threads(self, every_core: bool) -> int | None:
-        """The threads of one model's forward passes: 0 (every core) for a model whose every request is one large
-        image (``ModelBase.forward_on_every_core``) unless MMAX_FORWARD_THREADS is set; otherwise None, the
-        process's setting (forward_thread_count, applied per worker)."""
-        return 0 if every_core and not self.forward_threads else None
+        """The threads of one model's forward passes: every usable core (CPU affinity, a container's CPU quota)
+        for a model whose every request is one large image (``ModelBase.forward_on_every_core``) unless
+        MMAX_FORWARD_THREADS is set; otherwise None, the process's setting (forward_thread_count, per worker)."""
+        return host.usable_cores() if every_core and not self.forward_threads else None
 
     @classmethod
     def from_env(cls) -> "Config":

@@ -131,7 +131,7 @@ def test_several_workers_divide_the_cores_among_their_forward_passes(monkeypatch
     monkeypatch.setenv("MMAX_FORWARD_THREADS", "2")
     assert Config.from_env().forward_threads == 2
     # a model whose every request is one large image takes every core, unless MMAX_FORWARD_THREADS says otherwise
-    assert Config(workers=2).model_forward_threads(every_core=True) == 0
+    assert Config(workers=2).model_forward_threads(every_core=True) == 8
     assert Config(workers=2).model_forward_threads(every_core=False) is None  # the worker's share
     assert Config(workers=2, forward_threads=3).model_forward_threads(every_core=True) is None
 
