@@ -4,10 +4,10 @@
 
 Reads the network answers `make train-leukocyte` keeps for every fold (``.cache/training/leukocyte-network-
 answers-fold<k>-of5-seed0.npz``: validation and test probabilities, with the split's indices into the cached
-arrays), fits each fold's measure classifier on that fold's training cells as the training command does, and
-pools every rule's answers on the held-out cells of all folds. Whatever a rule fits (a weight, a regression,
-a temperature) it fits on the fold's validation cells, or on the other folds' held-out cells, never on the
-cells it is scored on. Writes bench/leukocyte_combination.json.
+arrays), fits each fold's measure classifier (the served one) on that fold's training cells as the training
+command does, and pools every rule's answers on the held-out cells of all folds. Whatever a rule fits (a weight,
+a regression, a temperature) it fits on the fold's validation cells, or on the other folds' held-out cells, never
+on the cells it is scored on. Writes bench/leukocyte_combination.json.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import numpy as np
 from config import ROOT
 
 CACHE = ROOT / ".cache" / "training"
+#: scikit-learn's C of the measures' logistic regression that leukocyte 1.3 served (1.4 serves a perceptron)
+REGRESSION_STRENGTH = 1.0
 #: a rule: (network on val, measures classifier on val, truth on val, network on test, measures on test) → test
 Rule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -80,9 +82,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "leukocyte_combination.json")
     args = parser.parse_args()
     from core.assets import read_spec
-    from core.evaluation import expected_calibration_error, fit_temperature, temper
+    from core.evaluation import fit_temperature, temper
     from core.models.leukocyte import LeukocyteModel
-    from core.models.leukocyte_training import MEASURE_STRENGTH, LeukocyteTraining
+    from core.models.leukocyte_training import LeukocyteTraining, fit_measure_classifier
     from core.training.data import load_arrays
     from core.training.linear import fit_multinomial
 
@@ -93,14 +95,17 @@ def main() -> None:
         raise SystemExit(f"{len(files)} of 5 folds' answers under {CACHE}: run `make train-leukocyte` first")
     print(f"[measures] {len(arrays.y)} windows", flush=True)
     measures = np.concatenate([model.measures_of(arrays.x[i:i + 256]) for i in range(0, len(arrays.x), 256)])
-    folds = []
+    folds, regression = [], []
     for path in files:
         with np.load(path) as saved:
             train, val, test = saved["train"], saved["val"], saved["test"]
             network_val, network_test = saved["network_val"], saved["network_test"]
-        classifier = fit_multinomial(measures[train], arrays.y[train], len(model.spec.labels), MEASURE_STRENGTH)
+        classes = len(model.spec.labels)
+        classifier = fit_measure_classifier(measures[train], arrays.y[train], classes)
         folds.append((val, test, network_val, network_test, classifier.probabilities(measures[val]),
                       classifier.probabilities(measures[test])))
+        regression.append(fit_multinomial(measures[train], arrays.y[train], classes, REGRESSION_STRENGTH)
+                          .probabilities(measures[test]))
     y_test = np.concatenate([arrays.y[test] for _, test, *_ in folds])
     groups = np.concatenate([arrays.groups[test] for _, test, *_ in folds])
     results = {}
@@ -108,14 +113,21 @@ def main() -> None:
         answers = np.concatenate([rule(nv, mv, arrays.y[val], nt, mt) for val, _, nv, nt, mv, mt in folds])
         results[name] = scores(y_test, answers, groups, model.spec.label_names)
         print(f"{name}: {json.dumps(results[name])}", flush=True)
-    # the shipped combination's temperature, cross-fitted: each fold's from the other folds' held-out answers
-    raw = [weighted_geometric_mean(nt, mt, 0.5) for _, _, _, nt, _, mt in folds]
+    # the served combination, its temperature cross-fitted (each fold's from the other folds' held-out answers,
+    # as the training command does), with the served measure classifier and with 1.3's regression in its place
     truth = [arrays.y[test] for _, test, *_ in folds]
-    tempered = [temper(raw[k], fit_temperature(np.concatenate(raw[:k] + raw[k + 1:]),
-                                                np.concatenate(truth[:k] + truth[k + 1:]))) for k in range(len(folds))]
-    results["geometric mean (equal weights)"]["ece_cross_fitted_temperature"] = \
-        expected_calibration_error(np.concatenate(tempered), y_test)
-    print(f"cross-fitted temperature: ECE {results['geometric mean (equal weights)']['ece_cross_fitted_temperature']}")
+
+    def cross_fitted(raw: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([temper(raw[k], fit_temperature(np.concatenate(raw[:k] + raw[k + 1:]),
+                                                               np.concatenate(truth[:k] + truth[k + 1:])))
+                               for k in range(len(raw))])
+
+    served = [weighted_geometric_mean(nt, mt, 0.5) for _, _, _, nt, _, mt in folds]
+    with_regression = [weighted_geometric_mean(fold[3], r, 0.5) for fold, r in zip(folds, regression)]
+    for name, raw in (("geometric mean, temperature cross-fitted (served)", served),
+                      ("geometric mean with 1.3's logistic regression, temperature cross-fitted", with_regression)):
+        results[name] = scores(y_test, cross_fitted(raw), groups, model.spec.label_names)
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
     args.out.write_text(json.dumps({"command": "python -m bench.leukocyte_combination", "rules": results},
                                    indent=2) + "\n")
 

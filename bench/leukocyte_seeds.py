@@ -1,5 +1,5 @@
 """Two leukocyte networks trained on one split with different seeds: each alone, averaged, and each combined with
-the measures (the shipped logistic regression, or a one-hidden-layer perceptron), without training again.
+the measures (1.3's logistic regression, or the one-hidden-layer perceptron 1.4 serves), without training again.
 
     make train-leukocyte    # seed 0: .cache/training/leukocyte-network-answers-fold<k>-of5-seed0.npz
     .venv/bin/python -m core.training leukocyte --data ../shared/data/leukocyte/train \\
@@ -20,18 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.leukocyte_combination import CACHE, scores, weighted_geometric_mean
+from bench.leukocyte_combination import CACHE, REGRESSION_STRENGTH, scores, weighted_geometric_mean
 from config import ROOT
-
-
-def perceptron_probabilities(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-    """A one-hidden-layer perceptron (64 ReLU units, L2 alpha 1) on the standardised measures."""
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    classifier = make_pipeline(StandardScaler(), MLPClassifier((64,), alpha=1.0, max_iter=3000, random_state=0))
-    return classifier.fit(x_train, y_train).predict_proba(x_test)
 
 
 def main() -> None:
@@ -42,7 +32,7 @@ def main() -> None:
     from core.assets import read_spec
     from core.evaluation import fit_temperature, temper
     from core.models.leukocyte import LeukocyteModel
-    from core.models.leukocyte_training import MEASURE_STRENGTH, LeukocyteTraining
+    from core.models.leukocyte_training import LeukocyteTraining, fit_measure_classifier
     from core.training.data import load_arrays
     from core.training.linear import fit_multinomial
 
@@ -62,10 +52,12 @@ def main() -> None:
             if not np.array_equal(saved[0][part], saved[1][part]):
                 raise SystemExit(f"fold {k}: the two runs' {part} splits differ (was --split-seed 0 given?)")
         train, test = saved[0]["train"], saved[0]["test"]
-        linear = fit_multinomial(measures[train], arrays.y[train], len(model.spec.labels), MEASURE_STRENGTH)
+        classes = len(model.spec.labels)
+        linear = fit_multinomial(measures[train], arrays.y[train], classes, REGRESSION_STRENGTH)
+        perceptron = fit_measure_classifier(measures[train], arrays.y[train], classes)
         folds.append({"test": test, "seed 0": saved[0]["network_test"], "seed 1": saved[1]["network_test"],
                       "linear": linear.probabilities(measures[test]),
-                      "perceptron": perceptron_probabilities(measures[train], arrays.y[train], measures[test])})
+                      "perceptron": perceptron.probabilities(measures[test])})
     truth = [arrays.y[fold["test"]] for fold in folds]
     y, groups = np.concatenate(truth), np.concatenate([arrays.groups[fold["test"]] for fold in folds])
 
@@ -84,7 +76,7 @@ def main() -> None:
         "network, seed 0": lambda fold: fold["seed 0"],
         "network, seed 1": lambda fold: fold["seed 1"],
         "the two networks averaged": averaged,
-        "network seed 0 + measures (logistic regression; the shipped recipe)": both(lambda f: f["seed 0"], "linear"),
+        "network seed 0 + measures (logistic regression; 1.3's recipe)": both(lambda f: f["seed 0"], "linear"),
         "network seed 1 + measures (logistic regression)": both(lambda f: f["seed 1"], "linear"),
         "the two networks averaged + measures (logistic regression)": both(averaged, "linear"),
         "network seed 0 + measures (perceptron)": both(lambda f: f["seed 0"], "perceptron"),

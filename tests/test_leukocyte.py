@@ -57,9 +57,10 @@ def test_the_answer_combines_the_network_with_the_measure_classifier(app):
 
 @needs(LEUKOCYTE_DATA)
 def test_real_crops_of_held_out_cells_are_typed_as_well_as_the_metadata_claims(app):
-    """Crops of cells the shipped model never saw (its test fold, grouped by the cell each file shows), 15 per
-    class drawn at random, through the serving code: their accuracy lies within sampling distance of the
-    leave-cells-out figure that /metadata states, and uncertain answers are the less reliable ones."""
+    """Every crop of the cells the shipped model never saw (its test fold, grouped by the cell each file shows),
+    through the serving code: their accuracy lies within sampling distance of the leave-cells-out figure that
+    /metadata states, and uncertain answers are the less reliable ones. (All of the fold's ~480 crops: a sample
+    of 60 holds too few uncertain answers, and too few mistakes, to compare the two.)"""
     from core.models.leukocyte_training import LeukocyteTraining
     from core.training.data import grouped_split
 
@@ -70,20 +71,23 @@ def test_real_crops_of_held_out_cells_are_typed_as_well_as_the_metadata_claims(a
     y = np.array([e.label for e in examples])
     groups = np.array([e.group for e in examples])
     _, test = grouped_split(y, groups, settings["folds"], settings["fold"], settings["seed"])
-    rng = np.random.default_rng(1)
     names = model.spec.label_names
     defaults = {option.name: option.default for option in model.declared_options()}
-    right, sure = [], []
-    for label, name in enumerate(names):
-        for index in rng.choice(test[y[test] == label], 15, replace=False):
-            with Image.open(examples[index].path) as image:
-                result = model.predict(image.convert("RGB"), defaults)
-            assert result["predictions"], f"no leukocyte found in {examples[index].path}"
-            # The labelled cell is the largest in its crop, as in training.
-            largest = max(result["predictions"], key=lambda p: p["bbox"][2] * p["bbox"][3])
-            right.append(largest["label"] == name)
-            sure.append(not largest["uncertain"])
+    right, sure, missed = [], [], 0
+    for index in test:
+        with Image.open(examples[index].path) as image:
+            result = model.predict(image.convert("RGB"), defaults)
+        if not result["predictions"]:
+            missed += 1  # no leukocyte found: counted as a wrong answer
+            continue
+        # The labelled cell is the largest in its crop, as in training.
+        largest = max(result["predictions"], key=lambda p: p["bbox"][2] * p["bbox"][3])
+        right.append(largest["label"] == names[y[index]])
+        sure.append(not largest["uncertain"])
     right, sure = np.array(right), np.array(sure)
+    assert missed <= 0.01 * len(test), missed
+    accuracy = right.sum() / len(test)
     claimed = meta["metrics"]["test"]["accuracy_interval_95"]
-    assert claimed[0] - 0.12 <= right.mean() <= claimed[1] + 0.12, (right.mean(), claimed)
-    assert right[sure].mean() >= right.mean()
+    assert claimed[0] - 0.12 <= accuracy <= claimed[1] + 0.12, (accuracy, claimed)
+    assert sure.any() and (~sure).any()
+    assert right[sure].mean() > right[~sure].mean() + 0.05, (right[sure].mean(), right[~sure].mean())

@@ -95,6 +95,24 @@ def test_the_exported_multinomial_classifier_gives_scikit_learns_probabilities()
         fit_multinomial(x, np.minimum(y, 2), 4)
 
 
+def test_the_exported_perceptron_gives_scikit_learns_probabilities():
+    from sklearn.neural_network import MLPClassifier
+
+    from core.training.perceptron import fit_perceptron
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(5, 3, (400, 7)).astype(np.float32)
+    y = np.argmax(x[:, :4] * x[:, 4:5] + rng.normal(0, 4, (400, 4)), axis=1)  # not separable by a plane
+    classifier = fit_perceptron(x, y, 4, hidden_units=16, alpha=0.5, seed=3)
+    standardised = (x - x.mean(axis=0)) / x.std(axis=0)
+    reference = MLPClassifier((16,), alpha=0.5, max_iter=3000, random_state=3).fit(standardised, y)
+    np.testing.assert_allclose(classifier.probabilities(x), reference.predict_proba(standardised), atol=1e-4)
+    np.testing.assert_allclose(classifier.to_keras()(x).numpy(), reference.predict_proba(standardised), atol=1e-4)
+    assert (classifier.probabilities(x).argmax(axis=1) == y).mean() > 0.5  # it learned something (chance: ~0.25)
+    with pytest.raises(ValueError, match="every one of the 4 classes"):
+        fit_perceptron(x, np.where(y == 3, 2, y), 4)
+
+
 def test_the_combination_is_a_normalised_geometric_mean():
     network = np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25], [0.4, 0.0, 0.6, 0.0]])
     measures = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.6, 0.2, 0.2, 0.0]])

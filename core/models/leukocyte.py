@@ -4,11 +4,11 @@ Leukocyte nuclei are the purple objects of a Wright/Giemsa smear: blue well abov
 and background are pink or pale. Thresholding that difference, merging nuclear lobes and dropping the
 small purple platelets finds each leukocyte; a fixed window around it goes to the classifier. Training
 uses the very same detection and window (``network_input``), so serving sees what training saw. Where
-model.json has a ``measures`` section, a linear classifier on what a haematologist looks at in the same window
-(core.models.leukocyte_measures) answers too, and the two answers are combined: their normalised geometric
-mean, with equal weights (the network and the measures err on different cells). The result is
-temperature-scaled (model.json ``inference.temperature``, fitted on validation cells); a cell whose top
-probability is below ``min_confidence`` is marked uncertain (its best label is still given).
+model.json has a ``measures`` section, a small classifier (a one-hidden-layer perceptron) on what a
+haematologist looks at in the same window (core.models.leukocyte_measures) answers too, and the two answers are
+combined: their normalised geometric mean, with equal weights (the network and the measures err on different
+cells). The result is temperature-scaled (model.json ``inference.temperature``, fitted on validation cells); a
+cell whose top probability is below ``min_confidence`` is marked uncertain (its best label is still given).
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class Found:
 
 class LeukocyteModel(MicroscopyModel):
     Input = LeukocyteInput
-    #: model.json ``measures``: the linear classifier on measures, combined with the network
+    #: model.json ``measures``: the classifier on measures, combined with the network
     companions = ("measures",)
     options = (
         Option("scale", float,

@@ -4,7 +4,7 @@ The nucleus (purple: blue well above green, as in detection) of the cell at the 
 roundness, lobes (a neutrophil has 3-5, an eosinophil 2, a monocyte one kidney-shaped nucleus, a lymphocyte one
 round nucleus filling the cell), thickness, colour and texture; and the cytoplasm in a ring around it: its
 colour (eosinophil granules orange-red, monocyte cytoplasm grey-blue, lymphocyte a thin blue rim), granules
-(fine contrast) and the ring's extent. A linear classifier on these measures makes different mistakes from the
+(fine contrast) and the ring's extent. A classifier on these measures makes different mistakes from the
 network, so the model combines both (core.models.leukocyte), and the detection of leukocytes reads the same
 stain floor.
 """

@@ -3,7 +3,7 @@
 The files are augmented copies (rotations, flips, shifts) of fewer original cells, and their names do not
 say which: the group of a file is the cell it shows, found by comparing the files themselves
 (core.training.duplicates), so that no cell has copies on both sides of a split. Beside the network, a
-multinomial logistic regression on the cell's measures (core.models.leukocyte_measures) is fitted on the same
+one-hidden-layer perceptron on the cell's measures (core.models.leukocyte_measures) is fitted on the same
 training cells and served with it (model.json ``measures``).
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ from core.models.leukocyte_measures import MEASURE_NAMES
 from core.training.duplicates import polar_signature, same_object_groups
 from core.training.recipe import Example, TrainingRecipe
 
-#: scikit-learn's C of the measure classifier (L2; smaller: more regularised)
-MEASURE_STRENGTH = 1.0
+#: the measure classifier: hidden ReLU units, and scikit-learn's L2 penalty alpha (larger: more regularised)
+MEASURE_HIDDEN_UNITS = 64
+MEASURE_ALPHA = 1.0
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
@@ -53,7 +54,6 @@ class LeukocyteTraining(TrainingRecipe):
         """The measure classifier (model.json ``measures``), fitted on the network's training cells only: the
         validation cells stay unseen for the temperature, the test cells for the figures."""
         from core.training.data import load_arrays
-        from core.training.linear import fit_multinomial
         from core.training.trainer import save_network
 
         section = self.model.spec.meta.get("measures")
@@ -62,19 +62,25 @@ class LeukocyteTraining(TrainingRecipe):
         arrays = load_arrays(self, settings.data, settings.cache_dir)
         train = np.flatnonzero(np.isin(arrays.groups, sorted(groups["train"])))
         measures = self.model.measures_of(arrays.x[train])
-        classifier = fit_multinomial(measures, arrays.y[train], len(self.model.spec.labels), MEASURE_STRENGTH)
-        network = classifier.to_keras()
+        network = fit_measure_classifier(measures, arrays.y[train], len(self.model.spec.labels)).to_keras()
         self.model.use_companion_network("measures", network)
-        print(f"[measures] logistic regression on {measures.shape[1]} measures of {len(train)} training files",
-              flush=True)
+        print(f"[measures] perceptron on {measures.shape[1]} measures of {len(train)} training files", flush=True)
         return {"measures": {**section, "fitted_on": f"{len(train)} files of {len(groups['train'])} training cells",
-                             "strength_c": MEASURE_STRENGTH, "measures": len(MEASURE_NAMES),
+                             "hidden_units": MEASURE_HIDDEN_UNITS, "alpha": MEASURE_ALPHA,
+                             "measures": len(MEASURE_NAMES),
                              "weights": save_network(network, settings.out, section["weights"]["file"])}}
 
     def combine(self, probabilities: np.ndarray, x: np.ndarray) -> np.ndarray:
         if self.model.companion_forward("measures") is None:
             return probabilities
         return self.model.combined(probabilities, self.model.measures_of(x))
+
+
+def fit_measure_classifier(measures: np.ndarray, y: np.ndarray, classes: int):
+    """The served measure classifier, fitted on these rows (the training command's and the studies' one way)."""
+    from core.training.perceptron import fit_perceptron
+
+    return fit_perceptron(measures, y, classes, MEASURE_HIDDEN_UNITS, MEASURE_ALPHA)
 
 
 RECIPE = LeukocyteTraining

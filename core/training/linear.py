@@ -46,7 +46,7 @@ class LinearClassifier:
         return keras.Model(inputs, outputs, name="measure_classifier")
 
 
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and scale per measure (scale 1 where a measure is constant)."""
     mean, scale = x.mean(axis=0), x.std(axis=0)
     return mean, np.where(scale > 0, scale, 1.0)
@@ -57,7 +57,7 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, classes: int, strength: float 
     ``strength`` is scikit-learn's C (smaller: more regularised)."""
     from sklearn.linear_model import LogisticRegression
 
-    mean, scale = _standardiser(x)
+    mean, scale = standardiser(x)
     fitted = LogisticRegression(C=strength, max_iter=5000).fit((x - mean) / scale, y)
     if list(fitted.classes_) != list(range(classes)):
         raise ValueError(f"every one of the {classes} classes needs examples; got {list(fitted.classes_)}")
@@ -71,7 +71,7 @@ def fit_one_vs_rest(x: np.ndarray, y: np.ndarray, classes: list[int], strength: 
     every row. ``strength`` is scikit-learn's C (smaller: more regularised)."""
     from sklearn.linear_model import LogisticRegression
 
-    mean, scale = _standardiser(x)
+    mean, scale = standardiser(x)
     standardised = (x - mean) / scale
     weights = np.zeros((x.shape[1], y.shape[1]))
     bias = np.full(y.shape[1], NEVER_BIAS)
