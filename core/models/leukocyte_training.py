@@ -18,6 +18,7 @@ from core.imageio import to_rgb8
 from core.models.leukocyte import find_leukocytes
 from core.models.leukocyte_measures import MEASURE_NAMES
 from core.training.duplicates import polar_signature, same_object_groups
+from core.training.perceptron import PerceptronClassifier, fit_perceptron
 from core.training.recipe import Example, TrainingRecipe
 
 #: the measure classifier: hidden ReLU units, and scikit-learn's L2 penalty alpha (larger: more regularised)
@@ -76,10 +77,8 @@ class LeukocyteTraining(TrainingRecipe):
         return self.model.combined(probabilities, self.model.measures_of(x))
 
 
-def fit_measure_classifier(measures: np.ndarray, y: np.ndarray, classes: int):
+def fit_measure_classifier(measures: np.ndarray, y: np.ndarray, classes: int) -> PerceptronClassifier:
     """The served measure classifier, fitted on these rows (the training command's and the studies' one way)."""
-    from core.training.perceptron import fit_perceptron
-
     return fit_perceptron(measures, y, classes, MEASURE_HIDDEN_UNITS, MEASURE_ALPHA)
 
 
