@@ -28,7 +28,7 @@ import numpy as np
 
 from core.assets import sha256_of
 from core.errors import AssetError
-from core.runtime import TOLERANCE, Forward, build_forward, check_batch, onnx_session_forward
+from core.runtime import TOLERANCE, Forward, build_forward, check_batch, forward_threads, onnx_session_forward
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class ServedNetwork:
     input_shape: tuple[int, ...]   # one input: height, width, channels
     classes: int                   # the first output columns are the network's answer, the rest its embedding
     output_width: int
+    threads: int = 1               # threads of one forward pass
 
 
 def _keras_network(network: NetworkFile):
@@ -163,14 +164,15 @@ def load(network: NetworkFile, runtime: str, cache_dir: Path, threads: int | Non
                                         f"(> {TOLERANCE:g})" if info["difference"] > TOLERANCE else None)
         if problem is None:
             forward = onnx_session_forward((cache_dir / f"{network.key}.onnx").read_bytes(), threads)
-            return ServedNetwork("onnx", forward, tuple(info["input_shape"]), info["classes"], info["output_width"])
+            return ServedNetwork("onnx", forward, tuple(info["input_shape"]), info["classes"], info["output_width"],
+                                 forward_threads(threads))
         if runtime == "onnx":
             raise AssetError(f"{network.path.name} cannot be served by ONNX Runtime: {problem}")
         log.warning("%s: %s; serving with TensorFlow", network.path.name, problem)
     plain, served = _keras_network(network)
     name, forward = build_forward(served, "tensorflow")
     return ServedNetwork(name, forward, tuple(int(d) for d in served.input_shape[1:]), int(plain.output_shape[-1]),
-                         int(served.output_shape[-1]))
+                         int(served.output_shape[-1]), forward_threads())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,14 @@ def limit_threads(count: int) -> None:
         _limit_tensorflow_threads()
 
 
+def forward_threads(threads: int | None = None) -> int:
+    """How many threads a forward pass built with ``threads`` (as onnx_session_forward takes it) runs on."""
+    from core.host import usable_cores
+
+    threads = _threads if threads is None else threads
+    return threads or usable_cores()
+
+
 def _limit_tensorflow_threads() -> None:
     import tensorflow as tf
 

@@ -104,3 +104,24 @@ def test_concurrent_api_calls_equal_sequential_ones(client):
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'mmax_batch_images_count{model="leukocyte"}' in metrics
     assert client.get("/model/leukocyte/metadata").get_json()["runtime"] in {"onnx", "tensorflow"}
+
+
+@pytest.mark.parametrize("threads, rows", [(1, 8), (2, 16), (16, 64)])
+def test_forward_passes_hold_rows_per_thread_up_to_the_largest_pass(threads: int, rows: int):
+    from config import ROOT
+    from core.assets import read_spec
+    from core.models.metastasis import MetastasisModel
+    from core.onnx_cache import ServedNetwork
+
+    passes: list[int] = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        passes.append(len(batch))
+        return np.tile([0.25, 0.75], (len(batch), 1)).astype(np.float32)
+
+    model = MetastasisModel(read_spec(ROOT / "assets" / "metastasis"))
+    model.configure(max_batch=32)
+    model._serve(ServedNetwork("onnx", forward, (4, 4, 3), 2, 2, threads))
+    assert model.pass_rows == rows and model._forward.max_batch == min(32, rows)  # the batcher's passes too
+    output = model._run_batches(np.zeros((100, 4, 4, 3), np.float32))
+    assert len(output) == 100 and sum(passes) == 100 and max(passes) == rows

@@ -81,6 +81,7 @@ class ProteinModel(MicroscopyModel):
                minimum=0.1, maximum=4.0),
     )
     channel_fields = CHANNELS  # uploads besides 'image' (listed in the Swagger form)
+    rows_per_forward_thread = 64  # a logistic layer: each call's overhead, not the caches, sets its pace
 
     def __init__(self, spec):
         super().__init__(spec)
