@@ -5,6 +5,7 @@ from flask import Flask
 
 from api import health, inference_protocol, jobs, metrics, model, security, tracing, ui
 from api.errors import ServiceApi, register_error_handlers
+from api.multipart import ServiceRequest
 from api.security import AUTHORIZATIONS
 from config import SERVICE_VERSION
 from core.jobs import JobRunner
@@ -12,6 +13,7 @@ from core.registry import ModelRegistry
 
 
 def build_api(app: Flask, registry: ModelRegistry, runner: JobRunner) -> ServiceApi:
+    app.request_class = ServiceRequest  # multipart bodies parsed by python-multipart (api/multipart.py)
     api = ServiceApi(app, version=SERVICE_VERSION, title="microscopy-max",
               description="Microscopy models as one REST service. Every model answers the same routes: "
                           "list them with GET /model/metadata, run one with POST /model/{id}/predict; "
