@@ -23,9 +23,10 @@ dev: $(BIN)/activate  ## Flask's development server
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/activate  ## serving benchmark, every model: the whole request's in-process limit vs this service (default workers, one per core as memory allows, and one worker) vs the same pipeline on BentoML (its own environment, made on first use) vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); the domain check's table and cost (bench/domain_check.md); one worker's memory at ready and after bursts (bench/worker_memory.json); a 20,000² slide in-process vs Spark local[1] vs local[2] (bench/slide_engines.json)
+bench: $(BIN)/activate  ## serving benchmark, every model: the whole request's in-process limit vs this service (default workers, one per core as memory allows, and one worker) vs the same pipeline on BentoML (its own environment, made on first use) vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); ms per image by forward-pass size (bench/pass_size.json); the domain check's table and cost (bench/domain_check.md); one worker's memory at ready and after bursts (bench/worker_memory.json); a 20,000² slide in-process vs Spark local[1] vs local[2] (bench/slide_engines.json)
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.protein_field --data $(DATA)/protein/hpa2018
+	$(BIN)/python -m bench.pass_size
 	$(BIN)/python -m bench.domain_check --data $(DATA) --per-source 100
 	$(BIN)/python -m bench.worker_memory --data $(DATA)
 	$(BIN)/python -m bench.slide_engines --data $(DATA)/metastasis/pcam
