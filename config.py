@@ -45,6 +45,8 @@ class Config:
     # Threads of one forward pass (ONNX Runtime, TensorFlow); 0: the cores divided among the workers, so
     # several workers do not fight over them (one worker: the runtimes' own default, every core).
     forward_threads: int = 0
+    # One core of its own for each worker where there are as many workers as cores (core.host.pin_to_core).
+    pin_workers: bool = True
     timeout_s: int = 120
     assets_dir: Path = ROOT / "assets"
     # "all" serves every model found in assets_dir; otherwise a comma-separated list of model ids.
@@ -93,6 +95,13 @@ class Config:
             return self.forward_threads
         return max(1, host.usable_cores() // self.workers)
 
+    def pins_workers(self) -> bool:
+        """Whether each worker runs on a core of its own: MMAX_PIN_WORKERS and one worker per core. Not with
+        MMAX_RUNTIME=tensorflow, whose thread pools cannot be told to spread beyond the worker's core, nor with
+        MMAX_SPARK_MASTER, whose local executors a worker starts (they would inherit its core)."""
+        return (self.pin_workers and self.runtime != "tensorflow" and not self.spark_master
+                and host.one_core_per_worker(self.workers))
+
     def model_forward_threads(self, every_core: bool) -> int | None:
         """The threads of one model's forward passes: every usable core (CPU affinity, a container's CPU quota)
         for a model whose every request is one large image (``ModelBase.forward_on_every_core``) unless
@@ -112,6 +121,7 @@ class Config:
             workers=_env_int("WORKERS", 0) or host.auto_workers(worker_memory_mb * 2**20),
             threads=_env_int("THREADS", 4),
             forward_threads=_env_int("FORWARD_THREADS", 0),
+            pin_workers=_env_bool("PIN_WORKERS", True),
             timeout_s=_env_int("TIMEOUT", 120),
             assets_dir=Path(_env("ASSETS_DIR", str(ROOT / "assets"))),
             models=None if models in {"", "all"} else tuple(m.strip() for m in models.split(",") if m.strip()),

@@ -33,16 +33,25 @@ def on_starting(server):
         f"automatic: {host.usable_cores()} usable core(s), {(host.memory_bytes() or 0) / 2**30:.1f} GB memory, "
         f"each worker's budget {_config.worker_memory_mb} MB + 1 GB")
     threads = _config.forward_thread_count() or host.usable_cores()
-    server.log.info("%d worker(s) (MMAX_WORKERS %s), %d forward thread(s) each%s", workers, why, threads,
+    server.log.info("%d worker(s) (MMAX_WORKERS %s), %d forward thread(s) each%s%s", workers, why, threads,
                     "" if _config.forward_threads or threads == host.usable_cores()
-                    else "; every core for a model of large images (model.json inference.forward_on_every_core)")
+                    else "; every core for a model of large images (model.json inference.forward_on_every_core)",
+                    "; each worker on a core of its own (MMAX_PIN_WORKERS)" if _config.pins_workers() else "")
     preflight(_config)  # a missing asset or unusable data dir: one clear line, and no worker boot loop
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(directory, ignore_errors=True)  # counts from a previous run would be added in
     os.makedirs(directory, exist_ok=True)
 
 
+def pre_fork(server, worker):
+    if _config.pins_workers():  # in the master, which knows the living workers' cores
+        worker.core = host.least_used_core(os.sched_getaffinity(0),
+                                           [getattr(other, "core", None) for other in server.WORKERS.values()])
+
+
 def post_fork(server, worker):
+    if getattr(worker, "core", None) is not None:
+        host.pin_to_core(worker.core)
     if _config.forward_thread_count():  # several workers: each forward pass gets its share of the cores
         runtime.limit_threads(_config.forward_thread_count())
 

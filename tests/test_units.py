@@ -1,10 +1,13 @@
 """Small pieces on their own: decoding, options, test-time augmentation, the split."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from config import ROOT
 from core.errors import BadOption, ClientError, ImageTooLarge, UnsupportedImage
 from core.imageio import decode_image, to_rgb8
 from core.options import Option, parse_options
@@ -166,6 +169,98 @@ def test_the_host_limits_are_the_containers_not_the_machines(tmp_path, monkeypat
     assert host.cpu_quota(limited) == 2.5
     assert host.usable_cores(limited) == 2  # --cpus 2.5: two whole cores
     assert host.memory_bytes(limited, meminfo) == 8 * 2**30
+
+
+def test_each_worker_takes_the_core_the_fewest_living_workers_hold(monkeypatch):
+    from core import host
+
+    assert host.least_used_core({0, 1}, []) == 0
+    assert host.least_used_core({0, 1}, [0]) == 1
+    assert host.least_used_core({0, 1, 2, 3}, [0, 1, 3]) == 2
+    assert host.least_used_core({0, 1}, [1, None]) == 0  # a worker started unpinned holds none
+    assert host.least_used_core({4, 5}, [4, 5, 4]) == 5  # started again after a worker on 5 stopped: 5 again
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert host.one_core_per_worker(2) and not host.one_core_per_worker(1) and not host.one_core_per_worker(3)
+
+
+def test_gunicorn_gives_the_workers_distinct_cores_and_only_one_per_core(monkeypatch, tmp_path):
+    import runpy
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the settings file would make one otherwise
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    for workers, pinned in (("2", True), ("1", False), ("3", False)):
+        monkeypatch.setenv("MMAX_WORKERS", workers)
+        settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+        server = SimpleNamespace(WORKERS={})
+        for pid in range(int(workers)):
+            worker = SimpleNamespace()
+            settings["pre_fork"](server, worker)
+            server.WORKERS[pid] = worker
+        cores = [getattr(worker, "core", None) for worker in server.WORKERS.values()]
+        assert cores == ([0, 1] if pinned else [None] * int(workers))
+    monkeypatch.setenv("MMAX_WORKERS", "2")
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["_config"].pins_workers()
+    for setting, value in (("MMAX_SPARK_MASTER", "local[2]"), ("MMAX_RUNTIME", "tensorflow"), ("MMAX_PIN_WORKERS", "0")):
+        with monkeypatch.context() as changed:
+            changed.setenv(setting, value)
+            assert not runpy.run_path(str(ROOT / "gunicorn.conf.py"))["_config"].pins_workers(), setting
+
+
+def test_a_pinned_worker_keeps_its_core_and_several_thread_forward_passes_spread_beyond_it(monkeypatch):
+    """In a thread of its own (pinning acts on the calling thread and those it starts), as a worker would be."""
+    import glob
+    import threading
+
+    from onnx import TensorProto, helper
+
+    from core import host, runtime
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    monkeypatch.setattr(host, "_cores_before_pinning", None)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8).SerializeToString()
+
+    def affinities() -> dict[str, set[int]]:
+        found = {}
+        for task in glob.glob("/proc/self/task/*"):
+            try:
+                found[task] = set(os.sched_getaffinity(int(task.rsplit("/", 1)[1])))
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+        return found
+
+    seen: dict = {}
+
+    def worker() -> None:
+        try:
+            pinned_work()
+        except BaseException as error:  # noqa: BLE001 - raised again in the test's thread
+            seen["error"] = error
+
+    def pinned_work() -> None:
+        host.pin_to_core(cores[-1])
+        before = affinities()
+        forward = runtime.onnx_session_forward(model, len(cores))
+        seen["answer"] = forward(np.array([[-1, 2, -3, 4]], np.float32))
+        seen["new threads"] = [cpus for task, cpus in affinities().items() if task not in before]
+        seen["own"], seen["usable"] = os.sched_getaffinity(0), host.usable_cores()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    if "error" in seen:
+        raise seen["error"]
+    assert seen["own"] == {cores[-1]}
+    assert seen["usable"] >= len(cores) or host.cpu_quota() is not None  # the workers' cores, not the one pinned
+    assert set(cores) in seen["new threads"]  # ONNX Runtime's pool threads run on every core
+    assert seen["answer"].tolist() == [[0, 2, 0, 4]]
+    assert os.sched_getaffinity(0) == set(cores)  # the test's own thread was never pinned
 
 
 def test_automatic_workers_are_one_per_core_as_far_as_memory_allows(tmp_path, monkeypatch):
