@@ -10,9 +10,9 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as coco_mask
 
 from core.models.chromosome import object_shape
-from core.models.chromosome_detector import (CHANNELS, MAX_GAIN, STRIDE, decode, dihedral_heatmap, encode_targets,
-                                             grey_levels, stitched_output, to_levels)
-from core.training.chromosome_detector import random_window
+from core.models.chromosome_detector import (CHANNELS, MAX_GAIN, STRIDE, box_overlap, decode, dihedral_heatmap,
+                                             encode_targets, grey_levels, stitched_output, to_levels)
+from core.training.chromosome_detector import WINDOW, PasteOwn, random_window
 from tests.images import RODS, encode, spread
 
 
@@ -137,6 +137,27 @@ def test_a_training_window_keeps_its_boxes_on_the_chromosomes():
             assert centre.mean() < window.mean(), "a box centre should sit on its dark rod"
             seen += 1
     assert seen >= 10
+
+
+def test_a_pasted_chromosome_is_labelled_dark_and_against_a_labelled_neighbour():
+    rods = ((60, 60, 50, 20), (150, 120, 60, 70), (90, 190, 40, 130))
+    rgb = np.asarray(spread(rods=rods, width=13, nucleus=None))
+    boxes = np.array([(x - 32, y - 32, x + 32, y + 32) for x, y, _, _ in rods], np.float32)
+    paste, pasted = PasteOwn(), 0
+    assert len(paste.donors(rgb, boxes)) == len(rods)
+    for seed in range(10):
+        window = rgb[:WINDOW, :WINDOW].astype(np.float32)
+        before = window.copy()
+        labelled = paste(window, boxes, rgb, boxes, 1.0, np.random.default_rng(seed))
+        assert np.array_equal(labelled[:len(boxes)], boxes) and (window <= before).all()
+        for x0, y0, x1, y1 in labelled[len(boxes):]:
+            pasted += 1
+            inside = (slice(int(y0), int(np.ceil(y1))), slice(int(x0), int(np.ceil(x1))))
+            assert window[inside].mean() < before[inside].mean() - 5, "its pixels were darkened"
+            assert max(box_overlap((x0, y0, x1, y1), tuple(b)) for b in boxes) <= 0.3
+            gaps = [max(b[0] - x1, x0 - b[2], b[1] - y1, y0 - b[3]) for b in boxes]
+            assert min(gaps) <= 8, "it lies against a labelled chromosome (a random place would be far from all)"
+    assert pasted >= 5
 
 
 def test_outline_mask_length_and_orientation_of_a_drawn_rod():
