@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -21,15 +23,23 @@ MOBILENET_H5 = SHARED / "weights" / "mobilenet_v1_0.25_224" / "mobilenet_v1_0.25
 PCAM = SHARED / "data" / "metastasis" / "pcam"
 SVS = SHARED / "data" / "metastasis" / "wsi" / "CMU-1-Small-Region.svs"
 
+# Every test app's jobs live under one scratch folder, removed when the test run ends.
+SCRATCH = Path(tempfile.mkdtemp(prefix="mmax-tests-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(dir=SCRATCH))
+
+
 # Small limits so the limit tests need only small uploads; jobs in a scratch folder, not the checkout's var/.
-TEST_CONFIG = Config(max_upload_bytes=2_000_000, max_image_pixels=4_000_000,
-                     data_dir=Path(tempfile.mkdtemp(prefix="mmax-tests-")))
+TEST_CONFIG = Config(max_upload_bytes=2_000_000, max_image_pixels=4_000_000, data_dir=scratch_dir())
 
 
 def config_with(**changes) -> Config:
     """The test settings with some changed, e.g. ``config_with(assets_dir=tmp)``; a job folder of its own
     unless one is given, so its job runner never takes the session app's jobs."""
-    changes.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="mmax-tests-")))
+    changes.setdefault("data_dir", scratch_dir())
     return replace(TEST_CONFIG, **changes)
 
 
