@@ -11,7 +11,8 @@ from pycocotools import mask as coco_mask
 
 from core.models.chromosome import object_shape
 from core.models.chromosome_detector import (CHANNELS, MAX_GAIN, STRIDE, box_overlap, decode, dihedral_heatmap,
-                                             encode_targets, grey_levels, stitched_output, to_levels)
+                                             encode_targets, grey_levels, median_size, reading_scale,
+                                             stitched_output, to_levels)
 from core.training.chromosome_detector import WINDOW, PasteOwn, random_window
 from tests.images import RODS, encode, spread
 
@@ -182,6 +183,7 @@ def test_the_shipped_detector_counts_drawn_rods_and_not_the_nucleus(client):
                        content_type="multipart/form-data").get_json()
     chromosomes = [p for p in body["predictions"] if p["label"] == "chromosome"]
     assert body["counts"]["chromosome"] == len(RODS) == len(chromosomes), body["counts"]
+    assert 0.5 <= body["read_at_scale"] <= 0.6  # the boxes below are mapped back from that scale
     for p in chromosomes:
         x, y, w, h = p["bbox"]
         assert any(x <= rx <= x + w and y <= ry <= y + h for rx, ry, _, _ in RODS)
@@ -250,3 +252,32 @@ def test_the_training_command_writes_an_ensemble_that_the_service_reads(tmp_path
     answer = model.answer(model.read_inputs({"image": encode(spread(rods=RODS, width=11))}, 10_000_000),
                           {"mode": "spread"})
     assert set(answer["counts"]) == {"chromosome", "non_chromosome"}
+
+
+def test_a_spread_of_smaller_chromosomes_is_read_at_a_larger_scale_up_to_the_largest():
+    assert median_size([(0, 0, 10, 40), (0, 0, 30, 30), (5, 5, 25, 25)]) == pytest.approx(20)
+    assert median_size([]) == 0
+    assert reading_scale(36.2, 0.5, 36.2, 0.6) == pytest.approx(0.5)
+    assert reading_scale(33.0, 0.5, 36.2, 0.6) == pytest.approx(0.5 * 36.2 / 33.0)  # enlarged to the reference
+    assert reading_scale(25.0, 0.5, 36.2, 0.6) == pytest.approx(0.6)  # no further than the largest scale
+    assert reading_scale(50.0, 0.5, 36.2, 0.6) == pytest.approx(0.5)  # larger chromosomes are not shrunk
+    assert reading_scale(0.0, 0.5, 36.2, 0.6) == pytest.approx(0.5)  # nothing found: the detector's scale
+
+
+def test_the_training_spreads_reference_size_is_the_mean_of_their_median_boxes():
+    from core.training.chromosome_detector import reference_size
+
+    small = np.array([[0, 0, 20, 20], [0, 0, 20, 20], [0, 0, 40, 40]], float)
+    large = np.array([[0, 0, 40, 40], [0, 0, 40, 40]], float)
+    assert reference_size([(None, small), (None, large)]) == pytest.approx(30)
+
+
+def test_boxes_are_mapped_back_from_the_scale_each_spread_was_read_at():
+    from core.training.chromosome_detector import Reading, boxes_at
+
+    output = np.zeros((20, 20, CHANNELS), np.float32)
+    output[5, 8] = (0.9, 2.0, 3.0, 0.5, 0.5)  # a peak: box 8×12 px of the network's input, centred at (34, 22)
+    for scale in (0.5, 0.6):
+        (x0, y0, x1, y1), = boxes_at(Reading(output, scale), (0.45, 0.3))
+        assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((34 / scale, 22 / scale))
+        assert (x1 - x0, y1 - y0) == pytest.approx((8 / scale, 12 / scale))

@@ -26,7 +26,8 @@ from core.drawing import colour_for, draw_banner, draw_boxes
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
-from core.models.chromosome_detector import STRIDE, decode, dihedral_heatmap, stitched_output, to_levels
+from core.models.chromosome_detector import (STRIDE, decode, dihedral_heatmap, median_size, reading_scale,
+                                             stitched_output, to_levels)
 from core.options import Option
 from core.outlines import polygon, rle
 
@@ -198,20 +199,14 @@ class ChromosomeModel(MicroscopyModel):
     def detect_spread(self, rgb: np.ndarray) -> dict[str, Any]:
         """Every chromosome the detector finds, and the segmented objects outside all their boxes."""
         spec = self.detector_spec
-        scale, height, width = spec["scale"], rgb.shape[0], rgb.shape[1]
+        height, width = rgb.shape[:2]
         seen = to_levels(rgb, spec["levels"]) if spec.get("levels") else rgb
-        small = Image.fromarray(seen).resize((max(1, round(width * scale)), max(1, round(height * scale))),
-                                             Image.Resampling.BILINEAR)
-
-        detector = self.companion_forward("detector")
-
-        def forward(windows: np.ndarray) -> np.ndarray:
-            return np.concatenate([detector(windows[start:start + self.batch_size])
-                                   for start in range(0, len(windows), self.batch_size)])
-
-        if spec.get("tta"):
-            forward = dihedral_heatmap(forward)
-        output = stitched_output(forward, np.asarray(small, np.float32), spec["tile"], spec["margin"])
+        scale = spec["scale"]
+        if spec.get("reference_size_px"):  # a first reading, without the 8 views, measures the chromosomes
+            first = decode(self.detector_output(seen, scale, tta=False), spec["threshold"], spec.get("max_overlap", 1.0))
+            scale = reading_scale(median_size([tuple(v / scale for v in d.box) for d in first]), scale,
+                                  spec["reference_size_px"], spec.get("max_scale", scale))
+        output = self.detector_output(seen, scale, tta=bool(spec.get("tta")))
         found = segment_spread(rgb.mean(axis=2), self.input.segmentation)
         foreground = found.labels > 0
         predictions, covered = [], np.zeros(foreground.shape, bool)
@@ -239,7 +234,22 @@ class ChromosomeModel(MicroscopyModel):
                                 "bbox": [int(left), int(top), int(right - left), int(bottom - top)],
                                 **object_shape(obj.image, left, top, foreground.shape)})
         counts = {name: sum(p["label"] == name for p in predictions) for name in self.spec.label_names}
-        return {"predictions": predictions, "counts": counts}
+        return {"predictions": predictions, "counts": counts, "read_at_scale": round(scale, 4)}
+
+    def detector_output(self, seen: np.ndarray, scale: float, tta: bool) -> np.ndarray:
+        """The detector's stitched output over a spread (at the training levels) resized by ``scale``; with
+        ``tta`` its heatmap averaged over the 8 dihedral views."""
+        spec, (height, width) = self.detector_spec, seen.shape[:2]
+        small = Image.fromarray(seen).resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                             Image.Resampling.BILINEAR)
+        detector = self.companion_forward("detector")
+
+        def forward(windows: np.ndarray) -> np.ndarray:
+            return np.concatenate([detector(windows[start:start + self.batch_size])
+                                   for start in range(0, len(windows), self.batch_size)])
+
+        return stitched_output(dihedral_heatmap(forward) if tta else forward, np.asarray(small, np.float32),
+                               spec["tile"], spec["margin"])
 
     def objects(self, rgb: np.ndarray, mode: str) -> tuple[Segmentation, list]:
         """The segmentation and the objects to classify: all of them, or (``crop``) the one nearest the centre."""

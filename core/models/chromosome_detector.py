@@ -226,3 +226,22 @@ def decode(output: np.ndarray, threshold: float, max_overlap: float = 1.0, max_o
             continue
         found.append(Detection(box, float(heat[row, col])))
     return found
+
+
+def median_size(boxes: list[tuple[float, float, float, float]]) -> float:
+    """The median chromosome size (square root of the box area) of boxes (x0, y0, x1, y1); 0 without boxes."""
+    if not boxes:
+        return 0.0
+    sides = np.asarray(boxes, np.float64)
+    return float(np.median(np.sqrt((sides[:, 2] - sides[:, 0]) * (sides[:, 3] - sides[:, 1]))))
+
+
+def reading_scale(found_size: float, base: float, reference: float, largest: float) -> float:
+    """The scale to read a spread at: ``base``, raised so that chromosomes of ``found_size`` (a first
+    reading's median, in the spread's pixels) look as large as the training spreads' median ``reference``,
+    never beyond ``largest``. Spreads of small, condensed chromosomes are enlarged; larger ones are not
+    shrunk (read smaller, banded chromosomes lost their bands' gaps no better, and time is spent only where
+    it helps)."""
+    if found_size <= 0:
+        return base
+    return float(np.clip(base * reference / found_size, base, max(base, largest)))

@@ -21,6 +21,7 @@ is still one chromosome.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from PIL import Image, ImageFilter
 from core.evaluation import bootstrap_interval, f1_counts, match_centres
 from core.imageio import to_rgb8
 from core.models.chromosome_detector import (box_overlap, build_detector, decode, detection_loss, dihedral_heatmap,
-                                             encode_targets, ensemble, grey_levels, stitched_output, to_levels)
+                                             encode_targets, ensemble, grey_levels, median_size, reading_scale,
+                                             stitched_output, to_levels)
 
 #: the detector sees spreads at this fraction of their native size
 SCALE = 0.5
@@ -44,6 +46,10 @@ THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 OVERLAPS = (1.0, 0.5, 0.4, 0.3)
 #: the reporting settings tried: (threshold, max_overlap)
 SETTINGS = tuple((threshold, overlap) for threshold in THRESHOLDS for overlap in OVERLAPS)
+#: the largest scale a spread of small chromosomes is read at (core.models.chromosome_detector.reading_scale)
+MAX_SCALE = 0.6
+#: the setting of the first reading, which only measures the chromosomes (the shipped detector's)
+READING_THRESHOLD, READING_OVERLAP = 0.45, 0.3
 DETECTOR_FILE = "chromosome_detector.keras"
 #: pixels a pasted single chromosome has at least, at its own scale
 MIN_SINGLE_AREA = 200
@@ -292,11 +298,18 @@ def train(spreads: list[tuple[np.ndarray, np.ndarray]], backbone_weights: str, s
     return model
 
 
-def network_outputs(models: list, rgb: np.ndarray, tta: bool) -> list[np.ndarray]:
-    """Each detector's stitched output over a spread (at ``SCALE``), as the service computes it; with ``tta``
-    its heatmap averaged over the 8 dihedral views. The ensemble's output is their mean."""
+@dataclass(frozen=True)
+class Reading:
+    """A detector's output over one spread, read at ``scale``."""
+    output: np.ndarray
+    scale: float
+
+
+def network_outputs(models: list, rgb: np.ndarray, tta: bool, scale: float = SCALE) -> list[np.ndarray]:
+    """Each detector's stitched output over a spread resized by ``scale``, as the service computes it; with
+    ``tta`` its heatmap averaged over the 8 dihedral views. The ensemble's output is their mean."""
     height, width = rgb.shape[:2]
-    small = np.asarray(Image.fromarray(rgb).resize((int(round(width * SCALE)), int(round(height * SCALE))),
+    small = np.asarray(Image.fromarray(rgb).resize((int(round(width * scale)), int(round(height * scale))),
                                                    Image.BILINEAR), np.float32)
     outputs = []
     for model in models:
@@ -305,32 +318,49 @@ def network_outputs(models: list, rgb: np.ndarray, tta: bool) -> list[np.ndarray
     return outputs
 
 
-def boxes_at(output: np.ndarray, setting: tuple[float, float]) -> list[tuple[float, float, float, float]]:
+def boxes_at(reading: Reading, setting: tuple[float, float]) -> list[tuple[float, float, float, float]]:
     """Decoded boxes (x0, y0, x1, y1) in the spread's own pixels at ``setting`` (threshold, max_overlap)."""
     threshold, max_overlap = setting
-    return [tuple(v / SCALE for v in d.box) for d in decode(output, threshold, max_overlap)]
+    return [tuple(v / reading.scale for v in d.box) for d in decode(reading.output, threshold, max_overlap)]
 
 
-def _spread_counts(output: np.ndarray, truth: np.ndarray, setting: tuple[float, float]) -> tuple[int, int]:
+def read_spread(models: list, rgb: np.ndarray, reference: float) -> tuple[Reading, Reading, Reading]:
+    """The spread read as the service reads it: once at ``SCALE`` without the 8 views, whose chromosomes'
+    median size sets the scale (:func:`reading_scale`), then at that scale with and without the 8 views;
+    (with, without, the first member alone with them). ``reference``: the training spreads' median size."""
+    first = Reading(np.mean(network_outputs(models, rgb, False), axis=0), SCALE)
+    setting = (READING_THRESHOLD, READING_OVERLAP)
+    scale = reading_scale(median_size(boxes_at(first, setting)), SCALE, reference, MAX_SCALE)
+    viewed = network_outputs(models, rgb, True, scale)
+    plain = first if scale == SCALE else Reading(np.mean(network_outputs(models, rgb, False, scale), axis=0), scale)
+    return Reading(np.mean(viewed, axis=0), scale), plain, Reading(viewed[0], scale)
+
+
+def reference_size(spreads: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The training spreads' chromosome size: the mean over spreads of each one's median labelled box."""
+    return round(float(np.mean([median_size([tuple(b) for b in boxes]) for _, boxes in spreads])), 2)
+
+
+def _spread_counts(reading: Reading, truth: np.ndarray, setting: tuple[float, float]) -> tuple[int, int]:
     """(predicted, hits) of one spread at ``setting``; a hit is a box centre inside a true box, one-to-one."""
-    boxes = boxes_at(output, setting)
+    boxes = boxes_at(reading, setting)
     centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
     return len(boxes), match_centres(centres, [tuple(b) for b in truth])
 
 
-def _pooled_f1(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray], setting: tuple[float, float]) -> float:
+def _pooled_f1(outputs: dict[str, Reading], truths: dict[str, np.ndarray], setting: tuple[float, float]) -> float:
     counted = [(*_spread_counts(outputs[name], truths[name], setting), len(truths[name])) for name in outputs]
     predicted, hits, true = (sum(c[k] for c in counted) for k in range(3))
     return 2 * hits / max(1, predicted + true)
 
 
-def best_setting(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> tuple[float, float]:
+def best_setting(outputs: dict[str, Reading], truths: dict[str, np.ndarray]) -> tuple[float, float]:
     """The (threshold, max_overlap) of ``SETTINGS`` with the best pooled F1 on ``outputs``; on a tie the
     first, the lowest threshold without an overlap limit."""
     return max(SETTINGS, key=lambda setting: _pooled_f1(outputs, truths, setting))
 
 
-def evaluate_held_out(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> dict[str, Any]:
+def evaluate_held_out(outputs: dict[str, Reading], truths: dict[str, np.ndarray]) -> dict[str, Any]:
     """Figures of held-out outputs (one per spread), each spread at the setting best on the others."""
     per_spread, tp, fp, fn = {}, 0, 0, 0
     for name in outputs:
@@ -340,7 +370,7 @@ def evaluate_held_out(outputs: dict[str, np.ndarray], truths: dict[str, np.ndarr
         tp, fp, fn = tp + hits, fp + predicted - hits, fn + true - hits
         scores = f1_counts(hits, predicted - hits, true - hits)
         per_spread[f"spread {name}"] = {"true": true, "predicted": predicted, "hits": hits, "threshold": chosen[0],
-                                        "max_overlap": chosen[1],
+                                        "max_overlap": chosen[1], "scale": round(outputs[name].scale, 4),
                                         **{k: scores[k] for k in ("precision", "recall", "f1")},
                                         "count_error": round(abs(predicted - true) / true, 4)}
     errors = [s["count_error"] for s in per_spread.values()]
@@ -388,7 +418,7 @@ def leave_one_spread_out(spreads: dict[str, tuple[np.ndarray, np.ndarray]], weig
                          ) -> tuple[dict[str, Any], tuple[float, float]]:
     """The held-out figures (:func:`evaluate_held_out`) of the ensemble with the 8-view heatmap as served,
     without the 8 views, and of its first member alone; the setting best on all held-out answers. Each
-    fold's levels come from its training spreads only."""
+    fold's levels and reference size come from its training spreads only."""
     outputs, plain, single = {}, {}, {}
     for name in spreads:
         print(f"[detector] spread {name} held out", flush=True)
@@ -396,8 +426,8 @@ def leave_one_spread_out(spreads: dict[str, tuple[np.ndarray, np.ndarray]], weig
         levels = training_levels(training)
         members = train_ensemble(at_levels(training, levels), weights, steps, seeds, paste)
         held_out = to_levels(spreads[name][0], levels)
-        viewed, plain_views = (network_outputs(members, held_out, tta) for tta in (True, False))
-        outputs[name], plain[name], single[name] = np.mean(viewed, axis=0), np.mean(plain_views, axis=0), viewed[0]
+        outputs[name], plain[name], single[name] = read_spread(members, held_out, reference_size(training))
+        print(f"[detector] spread {name} read at {outputs[name].scale:.3f}", flush=True)
     truths = {name: boxes for name, (_, boxes) in spreads.items()}
     figures = evaluate_held_out(outputs, truths)
     figures["without_tta"] = {k: v for k, v in evaluate_held_out(plain, truths).items() if k != "split"}
@@ -471,7 +501,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = read_spec(spec.directory).meta  # as it is now: the run takes a while
     meta["detector"] = {
         "weights": save_network(network, spec.directory, DETECTOR_FILE),
-        "scale": SCALE, "tile": TILE, "margin": MARGIN, "threshold": threshold, "max_overlap": max_overlap,
+        "scale": SCALE, "reference_size_px": reference_size(list(spreads.values())), "max_scale": MAX_SCALE,
+        "tile": TILE, "margin": MARGIN, "threshold": threshold, "max_overlap": max_overlap,
         "tta": True, "levels": levels, "members": len(args.seeds),
         "training": {"command": "python -m core.training.chromosome_detector " + " ".join(sys.argv[1:] if argv is None else argv),
                      "steps": args.steps, "seeds": args.seeds, "window_px": WINDOW, "backbone": "mobilenet_v1_0.25",
