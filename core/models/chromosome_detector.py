@@ -239,9 +239,8 @@ def median_size(boxes: list[tuple[float, float, float, float]]) -> float:
 def reading_scale(found_size: float, base: float, reference: float, largest: float) -> float:
     """The scale to read a spread at: ``base``, raised so that chromosomes of ``found_size`` (a first
     reading's median, in the spread's pixels) look as large as the training spreads' median ``reference``,
-    never beyond ``largest``. Spreads of small, condensed chromosomes are enlarged; larger ones are not
-    shrunk (read smaller, banded chromosomes lost their bands' gaps no better, and time is spent only where
-    it helps)."""
+    never beyond ``largest``. Spreads of small, condensed chromosomes are enlarged; larger ones are read at
+    ``base``, as before (shrinking them was not measured)."""
     if found_size <= 0:
         return base
     return float(np.clip(base * reference / found_size, base, max(base, largest)))
