@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as coco_mask
 
 from core.models.chromosome import object_shape
-from core.models.chromosome_detector import (CHANNELS, MAX_GAIN, STRIDE, box_overlap, decode, dihedral_heatmap,
+from core.outlines import rle
+from core.models.chromosome_detector import (CHANNELS, MAX_GAIN, STRIDE, box_overlap, decode, dihedral_output,
                                              encode_targets, grey_levels, median_size, reading_scale,
                                              stitched_output, to_levels)
 from core.training.chromosome_detector import WINDOW, PasteOwn, random_window
@@ -111,17 +112,56 @@ def test_the_ensemble_answers_the_mean_of_its_members():
 def test_dihedral_views_are_turned_back_before_averaging():
     """For a network that turns with its input, the 8 views agree with the plain one; one that does not gets
     its heatmap averaged."""
-    windows = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    assert np.allclose(dihedral_heatmap(cell_means)(windows), cell_means(windows), atol=1e-4)
+    image = np.random.default_rng(0).uniform(0, 255, (32, 32, 3)).astype(np.float32)
+
+    def viewed(forward):  # one 32-px window, the whole image
+        return dihedral_output(forward, image, 32, 0, stitched_output(forward, image, 32, 0))
+
+    assert np.allclose(viewed(cell_means), cell_means(image[None])[0], atol=1e-4)
 
     def top_rows_hot(batch: np.ndarray) -> np.ndarray:
         out = np.zeros(batch.shape[:1] + (8, 8, CHANNELS), np.float32)
         out[:, 0, :, 0] = 1.0  # whatever the input: not equivariant
+        out[:, :, :, 1] = 5.0
         return out
 
-    heat = dihedral_heatmap(top_rows_hot)(windows)[..., 0]
+    answer = viewed(top_rows_hot)
+    heat = answer[..., 0]
     # the top row is hot in 2 of the 8 turned-back views, each edge too; a corner lies on two edges
-    assert np.allclose(heat[:, 0, 0], 4 / 8) and np.allclose(heat[:, 0, 3], 2 / 8) and np.allclose(heat[:, 3, 3], 0)
+    assert np.allclose(heat[0, 0], 4 / 8) and np.allclose(heat[0, 3], 2 / 8) and np.allclose(heat[3, 3], 0)
+    assert np.allclose(answer[..., 1], 5.0), "the size channels are the plain view's"
+    # the quarter turns alone: the top row comes back as each edge once
+    heat = dihedral_output(top_rows_hot, image, 32, 0, stitched_output(top_rows_hot, image, 32, 0), views=4)[..., 0]
+    assert np.allclose(heat[0, 0], 2 / 4) and np.allclose(heat[0, 3], 1 / 4) and np.allclose(heat[3, 3], 0)
+    with pytest.raises(ValueError):
+        dihedral_output(top_rows_hot, image, 32, 0, stitched_output(top_rows_hot, image, 32, 0), views=2)
+
+
+def test_a_window_quiet_in_the_plain_view_is_not_read_again():
+    """Only windows whose core has some plain heat are read in the 7 other views; a quiet core keeps its
+    plain heat, while a busy one gets the views' mean."""
+    image = np.zeros((32, 64, 3), np.float32)
+    image[:, 32:] = 255.0  # the right window bright
+
+    seen = []
+
+    def bright_and_rows(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        out = np.zeros(batch.shape[:1] + (8, 8, CHANNELS), np.float32)
+        out[..., 0] = batch.mean(axis=(1, 2, 3))[:, None, None] / 255 * 0.02  # 0 left, 0.02 right: quiet
+        out[:, 0, :, 0] += 0.5 * (batch.mean(axis=(1, 2, 3)) > 100)[:, None]  # the right one's top row hot
+        return out
+
+    plain = stitched_output(bright_and_rows, image, 32, 0)
+    assert plain.shape[:2] == (8, 16) and plain[0, 8:, 0].max() > 0.5
+    seen.clear()
+    viewed = dihedral_output(bright_and_rows, image, 32, 0, plain, quiet_below=0.05)
+    assert seen == [1] * 7, "one window (the busy one) in each of the 7 other views"
+    assert np.array_equal(viewed[:, :8, 0], plain[:, :8, 0]), "the quiet window keeps its plain heat"
+    assert np.isclose(viewed[3, 11, 0], 0.02) and np.isclose(viewed[0, 11, 0], 0.02 + 0.5 * 2 / 8)
+    seen.clear()
+    dihedral_output(bright_and_rows, image, 32, 0, plain)
+    assert seen == [2] * 7, "with no floor every window is read"
 
 
 def test_a_training_window_keeps_its_boxes_on_the_chromosomes():
@@ -173,6 +213,21 @@ def test_outline_mask_length_and_orientation_of_a_drawn_rod():
     assert len(shape["outline"]) >= 4
     assert shape["length_px"] == pytest.approx(100, rel=0.15)  # the drawn line is 100 px long
     assert shape["orientation_deg"] == pytest.approx(np.degrees(np.arctan2(60, 80)), abs=4)
+
+
+def test_a_mask_placed_in_the_image_encodes_as_pycocotools_encodes_the_whole_image():
+    rng = np.random.default_rng(7)
+    for _ in range(400):  # boxes anywhere, as tall or wide as the image included, empty to full masks
+        height, width = (int(v) for v in rng.integers(1, 30, 2))
+        rows, columns = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        top, left = int(rng.integers(0, height - rows + 1)), int(rng.integers(0, width - columns + 1))
+        inside = rng.random((rows, columns)) < rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])
+        whole = np.zeros((height, width), np.uint8)
+        whole[top:top + rows, left:left + columns] = inside
+        expected = coco_mask.encode(np.asfortranarray(whole))
+        assert rle(inside, left, top, (height, width)) == {"size": [height, width],
+                                                           "counts": expected["counts"].decode()}
+        assert rle(whole) == rle(inside, left, top, (height, width))
 
 
 def test_the_shipped_detector_counts_drawn_rods_and_not_the_nucleus(client):
@@ -262,6 +317,29 @@ def test_a_spread_of_smaller_chromosomes_is_read_at_a_larger_scale_up_to_the_lar
     assert reading_scale(25.0, 0.5, 36.2, 0.6) == pytest.approx(0.6)  # no further than the largest scale
     assert reading_scale(50.0, 0.5, 36.2, 0.6) == pytest.approx(0.5)  # larger chromosomes are not shrunk
     assert reading_scale(0.0, 0.5, 36.2, 0.6) == pytest.approx(0.5)  # nothing found: the detector's scale
+
+
+def test_a_spread_read_larger_averages_the_views_model_json_names_and_the_base_scale_all_eight():
+    from config import ROOT
+    from core.assets import read_spec
+    from core.registry import model_class
+
+    model = model_class("chromosome")(read_spec(ROOT / "assets" / "chromosome"))
+    spec = model.detector_spec
+    calls = []
+
+    def counting(windows: np.ndarray) -> np.ndarray:
+        calls.append(len(windows))
+        return cell_means(windows)  # no window is quiet: mean colours are far above the floor
+
+    model._companion_forwards["detector"] = counting
+    seen = np.full((200, 300, 3), 120, np.uint8)
+    for scale, views in ((spec["scale"], 8), (spec["max_scale"], spec["enlarged_views"])):
+        plain = model.detector_output(seen, scale)
+        calls.clear()
+        model.detector_output(seen, scale, plain)
+        assert len(calls) == views - 1, (scale, calls)
+    assert spec["enlarged_views"] == 4
 
 
 def test_the_training_spreads_reference_size_is_the_mean_of_their_median_boxes():

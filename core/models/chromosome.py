@@ -26,7 +26,7 @@ from core.drawing import colour_for, draw_banner, draw_boxes
 from core.imageio import to_rgb8
 from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
-from core.models.chromosome_detector import (STRIDE, decode, dihedral_heatmap, median_size, reading_scale,
+from core.models.chromosome_detector import (STRIDE, decode, dihedral_output, median_size, reading_scale,
                                              stitched_output, to_levels)
 from core.options import Option
 from core.outlines import polygon, rle
@@ -159,13 +159,12 @@ def object_shape(inside: np.ndarray, left: int, top: int, image_shape: tuple[int
     is at ``left``, ``top`` in an image of ``image_shape``): an outline polygon of its largest part, a COCO
     RLE mask in the whole image, its length (pixels along the largest part's medial axis) and orientation
     (degrees anticlockwise from the image's x axis as shown, 0-180, of that part's major axis)."""
-    whole = np.zeros(image_shape, bool)
-    whole[top:top + inside.shape[0], left:left + inside.shape[1]] = inside
+    mask = rle(inside, left, top, image_shape)
     parts = measure.label(inside)
     if parts.max() == 0:
-        return {"outline": [], "mask": rle(whole), "length_px": 0, "orientation_deg": None}
+        return {"outline": [], "mask": mask, "length_px": 0, "orientation_deg": None}
     largest = max(measure.regionprops(parts), key=lambda p: p.area)
-    return {"outline": polygon(parts == largest.label, left, top), "mask": rle(whole),
+    return {"outline": polygon(parts == largest.label, left, top), "mask": mask,
             "length_px": round(medial_length(largest.image), 1),
             "orientation_deg": round(float((np.degrees(largest.orientation) + 90) % 180), 1)}
 
@@ -202,11 +201,14 @@ class ChromosomeModel(MicroscopyModel):
         height, width = rgb.shape[:2]
         seen = to_levels(rgb, spec["levels"]) if spec.get("levels") else rgb
         scale = spec["scale"]
-        if spec.get("reference_size_px"):  # a first reading, without the 8 views, measures the chromosomes
-            first = decode(self.detector_output(seen, scale, tta=False), spec["threshold"], spec.get("max_overlap", 1.0))
+        plain = self.detector_output(seen, scale)
+        if spec.get("reference_size_px"):  # the plain view at the base scale measures the chromosomes
+            first = decode(plain, spec["threshold"], spec.get("max_overlap", 1.0))
             scale = reading_scale(median_size([tuple(v / scale for v in d.box) for d in first]), scale,
                                   spec["reference_size_px"], spec.get("max_scale", scale))
-        output = self.detector_output(seen, scale, tta=bool(spec.get("tta")))
+            if scale != spec["scale"]:
+                plain = self.detector_output(seen, scale)
+        output = self.detector_output(seen, scale, plain) if spec.get("tta") else plain
         found = segment_spread(rgb.mean(axis=2), self.input.segmentation)
         foreground = found.labels > 0
         predictions, covered = [], np.zeros(foreground.shape, bool)
@@ -236,9 +238,11 @@ class ChromosomeModel(MicroscopyModel):
         counts = {name: sum(p["label"] == name for p in predictions) for name in self.spec.label_names}
         return {"predictions": predictions, "counts": counts, "read_at_scale": round(scale, 4)}
 
-    def detector_output(self, seen: np.ndarray, scale: float, tta: bool) -> np.ndarray:
-        """The detector's stitched output over a spread (at the training levels) resized by ``scale``; with
-        ``tta`` its heatmap averaged over the 8 dihedral views."""
+    def detector_output(self, seen: np.ndarray, scale: float, plain: np.ndarray | None = None) -> np.ndarray:
+        """The detector's stitched output over a spread (at the training levels) resized by ``scale``; given
+        ``plain``, that output, its heatmap averaged over the 8 dihedral views, or over
+        ``detector.enlarged_views`` when read larger than the base scale (windows quiet in ``plain`` excepted:
+        core.models.chromosome_detector.dihedral_output)."""
         spec, (height, width) = self.detector_spec, seen.shape[:2]
         small = Image.fromarray(seen).resize((max(1, round(width * scale)), max(1, round(height * scale))),
                                              Image.Resampling.BILINEAR)
@@ -248,8 +252,11 @@ class ChromosomeModel(MicroscopyModel):
             return np.concatenate([detector(windows[start:start + self.batch_size])
                                    for start in range(0, len(windows), self.batch_size)])
 
-        return stitched_output(dihedral_heatmap(forward) if tta else forward, np.asarray(small, np.float32),
-                               spec["tile"], spec["margin"])
+        image = np.asarray(small, np.float32)
+        if plain is None:
+            return stitched_output(forward, image, spec["tile"], spec["margin"])
+        views = 8 if scale == spec["scale"] else spec.get("enlarged_views", 8)
+        return dihedral_output(forward, image, spec["tile"], spec["margin"], plain, spec.get("quiet_below", 0.0), views)
 
     def objects(self, rgb: np.ndarray, mode: str) -> tuple[Segmentation, list]:
         """The segmentation and the objects to classify: all of them, or (``crop``) the one nearest the centre."""

@@ -146,9 +146,18 @@ def tiles(height: int, width: int, tile: int, margin: int) -> list[tuple[int, in
             for left in range(-margin, max(1, width - margin), core)]
 
 
-def stitched_output(forward, image: np.ndarray, tile: int, margin: int, per_call: int = 8) -> np.ndarray:
+def core_cells(corner: tuple[int, int], tile: int, margin: int) -> tuple[slice, slice]:
+    """The output cells a window at ``corner`` (its top-left, from :func:`tiles`) contributes: its core's."""
+    cells = (tile - 2 * margin) // STRIDE
+    row, col = (corner[0] + margin) // STRIDE, (corner[1] + margin) // STRIDE
+    return slice(row, row + cells), slice(col, col + cells)
+
+
+def stitched_output(forward, image: np.ndarray, tile: int, margin: int, per_call: int = 8,
+                    corners: list[tuple[int, int]] | None = None) -> np.ndarray:
     """The network's output over a whole image (float pixels), computed on overlapping ``tile``² windows of
     which each contributes its core: any image size, and memory bounded by ``per_call`` windows at a time.
+    ``corners``: only these windows of :func:`tiles` (the other cores stay zero); all by default.
 
     Beyond its edges the image is continued with its background (the median colour): a chromosome cut by
     the border then ends there, as its labelled box does. Replicating the edge pixels instead drew it out
@@ -156,13 +165,12 @@ def stitched_output(forward, image: np.ndarray, tile: int, margin: int, per_call
     from core import deadline
 
     height, width = image.shape[:2]
-    core = tile - 2 * margin
     background = np.median(image.reshape(-1, image.shape[2]), axis=0)
     padded = np.empty((height + margin + tile, width + margin + tile, image.shape[2]), np.float32)
     padded[:] = background
     padded[margin:margin + height, margin:margin + width] = image
-    corners = tiles(height, width, tile, margin)
-    cells, inner = core // STRIDE, margin // STRIDE
+    corners = tiles(height, width, tile, margin) if corners is None else corners
+    cells, inner = (tile - 2 * margin) // STRIDE, margin // STRIDE
     rows, cols = -(-height // STRIDE), -(-width // STRIDE)
     whole = np.zeros((rows + cells, cols + cells, CHANNELS), np.float32)
     for start in range(0, len(corners), per_call):
@@ -170,30 +178,51 @@ def stitched_output(forward, image: np.ndarray, tile: int, margin: int, per_call
         chunk = corners[start:start + per_call]
         windows = np.stack([padded[top + margin:top + margin + tile, left + margin:left + margin + tile]
                             for top, left in chunk]).astype(np.float32)
-        for (top, left), output in zip(chunk, forward(windows)):
-            row, col = (top + margin) // STRIDE, (left + margin) // STRIDE
-            whole[row:row + cells, col:col + cells] = output[inner:inner + cells, inner:inner + cells]
+        for corner, output in zip(chunk, forward(windows)):
+            whole[core_cells(corner, tile, margin)] = output[inner:inner + cells, inner:inner + cells]
     return whole[:rows, :cols]
 
 
-def dihedral_heatmap(forward):
-    """``forward`` on square windows with its heatmap averaged over the 8 dihedral views of each window (the
-    size and offset channels are the plain view's: they turn with the view)."""
-    def averaged(windows: np.ndarray) -> np.ndarray:
-        plain = forward(windows)
-        heat = plain[..., 0].copy()
-        for flip in (False, True):
+def other_views_heat(forward, views: int = 8):
+    """``forward`` on square windows answering, in the heatmap's channel, the sum of the heatmaps of the
+    views other than the plain one, each turned back (the other channels are zero): the 7 other dihedral
+    views (``views`` 8) or the 3 quarter turns (4)."""
+    def summed(windows: np.ndarray) -> np.ndarray:
+        heat = None
+        for flip in (False, True)[:views // 4]:
             for turns in range(4):
                 if not flip and turns == 0:
                     continue
                 view = windows[:, :, ::-1] if flip else windows
                 answer = forward(np.ascontiguousarray(np.rot90(view, turns, axes=(1, 2))))[..., 0]
                 answer = np.rot90(answer, -turns, axes=(1, 2))
-                heat += answer[:, :, ::-1] if flip else answer
-        out = plain.copy()
-        out[..., 0] = heat / 8
+                answer = answer[:, :, ::-1] if flip else answer
+                heat = answer.copy() if heat is None else heat + answer
+        out = np.zeros(heat.shape + (CHANNELS,), np.float32)
+        out[..., 0] = heat
         return out
-    return averaged
+    return summed
+
+
+def dihedral_output(forward, image: np.ndarray, tile: int, margin: int, plain: np.ndarray,
+                    quiet_below: float = 0.0, views: int = 8) -> np.ndarray:
+    """``plain`` (the stitched output of ``forward`` over ``image``) with its heatmap averaged over the 8
+    dihedral views of each window, or (``views`` 4) its 4 quarter turns; the size and offset channels stay
+    the plain view's (they turn with the view). A window whose core's plain heat stays below
+    ``quiet_below`` holds no chromosome's centre: its other views are not read and its core keeps the plain
+    heat (a spread's empty margins cost nothing)."""
+    if views not in (4, 8):
+        raise ValueError(f"views: 4 or 8, not {views}")
+    height, width = image.shape[:2]
+    busy = [corner for corner in tiles(height, width, tile, margin)
+            if plain[core_cells(corner, tile, margin) + (0,)].max(initial=0.0) >= quiet_below]
+    others = stitched_output(other_views_heat(forward, views), image, tile, margin, corners=busy)[..., 0]
+    read = np.zeros(plain.shape[:2], bool)
+    for corner in busy:
+        read[core_cells(corner, tile, margin)] = True
+    out = plain.copy()
+    out[..., 0] = np.where(read, (plain[..., 0] + others) / views, plain[..., 0])
+    return out
 
 
 def box_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:

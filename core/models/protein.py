@@ -152,11 +152,10 @@ class ProteinModel(MicroscopyModel):
         boxes = ndi.find_objects(labels)  # per label, the slices round its pixels (None: it has none)
         predictions = []
         for number, (region, per_class) in enumerate(zip(regions, probabilities), 1):
-            deadline.check()  # each cell's RLE mask is field-sized: thousands of cells in noise take a while
+            deadline.check()  # thousands of cells in noise take a while
             box = boxes[region.label - 1] if region.label <= len(boxes) else None
-            mask = np.zeros(labels.shape, bool)
-            if box is not None:
-                mask[box] = labels[box] == region.label
+            mask = (rle(labels[box] == region.label, box[1].start, box[0].start, labels.shape) if box is not None
+                    else rle(np.zeros((0, 0), bool), size=labels.shape))
             above = np.flatnonzero(per_class >= thresholds)
             ranked = above[np.argsort(-per_class[above])]
             top = int(np.argmax(np.where(answered, per_class, -1.0)))  # the best class it may answer
@@ -164,7 +163,7 @@ class ProteinModel(MicroscopyModel):
                 "cell_id": number,
                 "bbox": [box[1].start, box[0].start, box[1].stop - box[1].start, box[0].stop - box[0].start]
                 if box is not None else [0, 0, 0, 0],
-                "mask": rle(mask),
+                "mask": mask,
                 "label": names[top], "probability": round(float(per_class[top]), 4),
                 "labels": [{"id": int(k), "label": names[k], "probability": round(float(per_class[k]), 4)}
                            for k in ranked],

@@ -30,7 +30,7 @@ from PIL import Image, ImageFilter
 
 from core.evaluation import bootstrap_interval, f1_counts, match_centres
 from core.imageio import to_rgb8
-from core.models.chromosome_detector import (box_overlap, build_detector, decode, detection_loss, dihedral_heatmap,
+from core.models.chromosome_detector import (box_overlap, build_detector, decode, detection_loss, dihedral_output,
                                              encode_targets, ensemble, grey_levels, median_size, reading_scale,
                                              stitched_output, to_levels)
 
@@ -50,6 +50,11 @@ SETTINGS = tuple((threshold, overlap) for threshold in THRESHOLDS for overlap in
 MAX_SCALE = 0.6
 #: the setting of the first reading, which only measures the chromosomes (the shipped detector's)
 READING_THRESHOLD, READING_OVERLAP = 0.45, 0.3
+#: a window whose plain heat stays below this holds no chromosome's centre: its other 7 views are not read
+#: (a quarter of the lowest threshold tried, so that the 7 would have to disagree with it fourfold)
+QUIET_BELOW = 0.05
+#: the views averaged when a spread is read larger than SCALE (about twice the windows): the 4 quarter turns
+ENLARGED_VIEWS = 4
 DETECTOR_FILE = "chromosome_detector.keras"
 #: pixels a pasted single chromosome has at least, at its own scale
 MIN_SINGLE_AREA = 200
@@ -305,17 +310,20 @@ class Reading:
     scale: float
 
 
-def network_outputs(models: list, rgb: np.ndarray, tta: bool, scale: float = SCALE) -> list[np.ndarray]:
-    """Each detector's stitched output over a spread resized by ``scale``, as the service computes it; with
-    ``tta`` its heatmap averaged over the 8 dihedral views. The ensemble's output is their mean."""
+def network_output(models: list, rgb: np.ndarray, scale: float, plain: np.ndarray | None = None) -> np.ndarray:
+    """The ensemble's stitched output (its members' mean) over a spread resized by ``scale``, as the service
+    computes it; given ``plain``, that output, its heatmap averaged over the 8 dihedral views, or over
+    ``ENLARGED_VIEWS`` when read larger than ``SCALE`` (:func:`dihedral_output`, quiet windows excepted)."""
     height, width = rgb.shape[:2]
     small = np.asarray(Image.fromarray(rgb).resize((int(round(width * scale)), int(round(height * scale))),
                                                    Image.BILINEAR), np.float32)
-    outputs = []
-    for model in models:
-        forward = lambda batch, model=model: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
-        outputs.append(stitched_output(dihedral_heatmap(forward) if tta else forward, small, TILE, MARGIN))
-    return outputs
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return np.mean([np.asarray(model.predict(batch, verbose=0)) for model in models], axis=0)
+
+    if plain is None:
+        return stitched_output(forward, small, TILE, MARGIN)
+    return dihedral_output(forward, small, TILE, MARGIN, plain, QUIET_BELOW, 8 if scale == SCALE else ENLARGED_VIEWS)
 
 
 def boxes_at(reading: Reading, setting: tuple[float, float]) -> list[tuple[float, float, float, float]]:
@@ -328,12 +336,13 @@ def read_spread(models: list, rgb: np.ndarray, reference: float) -> tuple[Readin
     """The spread read as the service reads it: once at ``SCALE`` without the 8 views, whose chromosomes'
     median size sets the scale (:func:`reading_scale`), then at that scale with and without the 8 views;
     (with, without, the first member alone with them). ``reference``: the training spreads' median size."""
-    first = Reading(np.mean(network_outputs(models, rgb, False), axis=0), SCALE)
+    first = network_output(models, rgb, SCALE)
     setting = (READING_THRESHOLD, READING_OVERLAP)
-    scale = reading_scale(median_size(boxes_at(first, setting)), SCALE, reference, MAX_SCALE)
-    viewed = network_outputs(models, rgb, True, scale)
-    plain = first if scale == SCALE else Reading(np.mean(network_outputs(models, rgb, False, scale), axis=0), scale)
-    return Reading(np.mean(viewed, axis=0), scale), plain, Reading(viewed[0], scale)
+    scale = reading_scale(median_size(boxes_at(Reading(first, SCALE), setting)), SCALE, reference, MAX_SCALE)
+    plain = first if scale == SCALE else network_output(models, rgb, scale)
+    viewed = network_output(models, rgb, scale, plain)
+    single = network_output(models[:1], rgb, scale, network_output(models[:1], rgb, scale))
+    return Reading(viewed, scale), Reading(plain, scale), Reading(single, scale)
 
 
 def reference_size(spreads: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -502,7 +511,8 @@ def main(argv: list[str] | None = None) -> None:
     meta["detector"] = {
         "weights": save_network(network, spec.directory, DETECTOR_FILE),
         "scale": SCALE, "reference_size_px": reference_size(list(spreads.values())), "max_scale": MAX_SCALE,
-        "tile": TILE, "margin": MARGIN, "threshold": threshold, "max_overlap": max_overlap,
+        "quiet_below": QUIET_BELOW, "enlarged_views": ENLARGED_VIEWS, "tile": TILE, "margin": MARGIN,
+        "threshold": threshold, "max_overlap": max_overlap,
         "tta": True, "levels": levels, "members": len(args.seeds),
         "training": {"command": "python -m core.training.chromosome_detector " + " ".join(sys.argv[1:] if argv is None else argv),
                      "steps": args.steps, "seeds": args.seeds, "window_px": WINDOW, "backbone": "mobilenet_v1_0.25",
