@@ -50,8 +50,8 @@ SETTINGS = tuple((threshold, overlap) for threshold in THRESHOLDS for overlap in
 MAX_SCALE = 0.6
 #: the setting of the first reading, which only measures the chromosomes (the shipped detector's)
 READING_THRESHOLD, READING_OVERLAP = 0.45, 0.3
-#: a window whose plain heat stays below this holds no chromosome's centre: its other 7 views are not read
-#: (a quarter of the lowest threshold tried, so that the 7 would have to disagree with it fourfold)
+#: a window whose plain heat stays below this holds no chromosome's centre: its other views are not read
+#: (a quarter of the lowest threshold tried, so that they would have to disagree with it fourfold)
 QUIET_BELOW = 0.05
 #: the views averaged when a spread is read larger than SCALE (about twice the windows): the 4 quarter turns
 ENLARGED_VIEWS = 4
@@ -334,8 +334,8 @@ def boxes_at(reading: Reading, setting: tuple[float, float]) -> list[tuple[float
 
 def read_spread(models: list, rgb: np.ndarray, reference: float) -> tuple[Reading, Reading, Reading]:
     """The spread read as the service reads it: once at ``SCALE`` without the 8 views, whose chromosomes'
-    median size sets the scale (:func:`reading_scale`), then at that scale with and without the 8 views;
-    (with, without, the first member alone with them). ``reference``: the training spreads' median size."""
+    median size sets the scale (:func:`reading_scale`), then at that scale with and without the views
+    averaged (:func:`network_output`); (with, without, the first member alone with them). ``reference``: the training spreads' median size."""
     first = network_output(models, rgb, SCALE)
     setting = (READING_THRESHOLD, READING_OVERLAP)
     scale = reading_scale(median_size(boxes_at(Reading(first, SCALE), setting)), SCALE, reference, MAX_SCALE)
