@@ -27,7 +27,7 @@ from core.imageio import to_rgb8
 from core.input_spec import InputSpec
 from core.model_base import MicroscopyModel
 from core.models.chromosome_detector import (STRIDE, decode, dihedral_output, median_size, reading_scale,
-                                             stitched_output, to_levels)
+                                             stitched_output, to_levels, views_at)
 from core.options import Option
 from core.outlines import polygon, rle
 
@@ -255,7 +255,7 @@ class ChromosomeModel(MicroscopyModel):
         image = np.asarray(small, np.float32)
         if plain is None:
             return stitched_output(forward, image, spec["tile"], spec["margin"])
-        views = 8 if scale == spec["scale"] else spec.get("enlarged_views", 8)
+        views = views_at(scale, spec["scale"], spec.get("enlarged_views", 8))
         return dihedral_output(forward, image, spec["tile"], spec["margin"], plain, spec.get("quiet_below", 0.0), views)
 
     def objects(self, rgb: np.ndarray, mode: str) -> tuple[Segmentation, list]:

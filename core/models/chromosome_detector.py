@@ -204,6 +204,12 @@ def other_views_heat(forward, views: int = 8):
     return summed
 
 
+def views_at(scale: float, base: float, enlarged: int) -> int:
+    """The views a reading at ``scale`` averages: all 8 at the detector's ``base`` scale, ``enlarged`` when
+    read larger (about twice the windows)."""
+    return 8 if scale == base else enlarged
+
+
 def dihedral_output(forward, image: np.ndarray, tile: int, margin: int, plain: np.ndarray,
                     quiet_below: float = 0.0, views: int = 8) -> np.ndarray:
     """``plain`` (the stitched output of ``forward`` over ``image``) with its heatmap averaged over the 8

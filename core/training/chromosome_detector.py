@@ -32,7 +32,7 @@ from core.evaluation import bootstrap_interval, f1_counts, match_centres
 from core.imageio import to_rgb8
 from core.models.chromosome_detector import (box_overlap, build_detector, decode, detection_loss, dihedral_output,
                                              encode_targets, ensemble, grey_levels, median_size, reading_scale,
-                                             stitched_output, to_levels)
+                                             stitched_output, to_levels, views_at)
 
 #: the detector sees spreads at this fraction of their native size
 SCALE = 0.5
@@ -323,7 +323,8 @@ def network_output(models: list, rgb: np.ndarray, scale: float, plain: np.ndarra
 
     if plain is None:
         return stitched_output(forward, small, TILE, MARGIN)
-    return dihedral_output(forward, small, TILE, MARGIN, plain, QUIET_BELOW, 8 if scale == SCALE else ENLARGED_VIEWS)
+    return dihedral_output(forward, small, TILE, MARGIN, plain, QUIET_BELOW,
+                           views_at(scale, SCALE, ENLARGED_VIEWS))
 
 
 def boxes_at(reading: Reading, setting: tuple[float, float]) -> list[tuple[float, float, float, float]]:
