@@ -64,4 +64,7 @@ def on_exit(server):
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 
+    from api.gunicorn_worker import SHARES  # the master's, loaded with the worker class
+
     multiprocess.mark_process_dead(worker.pid)
+    SHARES.release(worker.pid)  # its connections are gone: new ones are shared among the living workers

@@ -10,6 +10,10 @@
   by the requests ahead of it.
 - **gunicorn's own errors are JSON.** A request gunicorn refuses before the application sees it (a malformed
   request line, headers over its limits: 400, 431) gets the service's JSON error instead of an HTML page.
+- **A new connection goes to the worker holding the fewest.** The kernel wakes every worker for it and the
+  first to call accept gets it, so keep-alive clients could pile up on one worker while another had few
+  (Performance). A worker that holds more connections than another leaves that one a moment (at most
+  ``HANDOVER_WAIT_S``) to take the waiting connection (``ConnectionShares``).
 - **The probes have threads of their own.** A liveness or readiness probe queued behind busy request threads
   would time out and get a healthy server restarted: ``/health/…``, ``/v2/health/…`` and ``/metrics`` go to
   a small pool of their own.
@@ -20,6 +24,9 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
+import os
+import select
 import selectors
 import socket
 import threading
@@ -43,6 +50,51 @@ BUFFERED_MAX_BYTES = 256 * 1024 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: WSGI environ key: time.monotonic() when the whole request had arrived (api/model.py counts its budget from it)
 RECEIVED_AT = "mmax.received_at"
+#: longest a worker waits for one that holds fewer connections to accept the waiting one (its event loop waits)
+HANDOVER_WAIT_S = 0.005
+#: the connection count a stopping worker shows the others, so that none waits for it to accept
+STOPPING = 2**31 - 1
+
+
+class ConnectionShares:
+    """How many connections each living worker of this server holds, in memory the workers share: made when
+    the master imports this module (it loads the worker class), inherited by every worker it forks. A worker takes a
+    free slot when it starts and writes only its own; the master frees the slot of a worker that exits."""
+
+    SLOTS = 64
+
+    def __init__(self) -> None:
+        self.lock = multiprocessing.Lock()
+        self.pids = multiprocessing.RawArray("i", self.SLOTS)
+        self.counts = multiprocessing.RawArray("i", self.SLOTS)
+        self.slot: int | None = None
+
+    def claim(self) -> None:
+        """In a worker: take a free slot (more workers than slots: this one takes no part)."""
+        with self.lock:
+            for slot, pid in enumerate(self.pids):
+                if pid == 0:
+                    self.pids[slot], self.counts[slot], self.slot = os.getpid(), 0, slot
+                    return
+
+    def release(self, worker_pid: int) -> None:
+        """In the master: the worker ``worker_pid`` has exited."""
+        with self.lock:
+            for slot, pid in enumerate(self.pids):
+                if pid == worker_pid:
+                    self.pids[slot] = 0
+
+    def publish(self, connections: int) -> None:
+        if self.slot is not None:
+            self.counts[self.slot] = connections
+
+    def fewer_elsewhere(self, connections: int) -> bool:
+        """Whether another living worker holds fewer connections than ``connections``."""
+        return self.slot is not None and any(
+            pid and slot != self.slot and self.counts[slot] < connections for slot, pid in enumerate(self.pids))
+
+
+SHARES = ConnectionShares()
 
 
 class BufferedSocket:
@@ -110,9 +162,12 @@ class ServiceWorker(ThreadWorker):
         self.upload_timeout_s, self.body_max = config.upload_timeout_s, config.max_upload_bytes
         self.probe_pool = futures.ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="probe")
         self.reading: dict[Any, float] = {}  # connection → when its request must have arrived
+        SHARES.claim()
         super().init_process()
 
     def accept(self, server, listener) -> None:
+        if self.left_to_another_worker(listener):
+            return
         try:
             sock, client = listener.accept()
         except OSError as error:
@@ -123,8 +178,19 @@ class ServiceWorker(ThreadWorker):
         if not self.cfg.is_ssl:
             conn.sock = BufferedSocket(sock)
         self.nr_conns += 1
+        SHARES.publish(self.nr_conns)
         with self._lock:
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+
+    def left_to_another_worker(self, listener) -> bool:
+        """True once a worker holding fewer connections has accepted the waiting one (it was woken for it too);
+        False when this worker should accept it: none holds fewer, or none took it within HANDOVER_WAIT_S."""
+        deadline = time.monotonic() + HANDOVER_WAIT_S
+        while SHARES.fewer_elsewhere(self.nr_conns) and time.monotonic() < deadline:
+            time.sleep(0.0002)  # releases the GIL: this worker's request threads go on meanwhile
+            if not select.select([listener], [], [], 0)[0]:
+                return True
+        return False
 
     def on_client_socket_readable(self, conn, client) -> None:
         with self._lock:
@@ -194,8 +260,9 @@ class ServiceWorker(ThreadWorker):
         conn.init()
         self._wrap_future(pool.submit(self.handle, conn), conn)
 
-    def murder_keepalived(self) -> None:
+    def murder_keepalived(self) -> None:  # once per turn of the event loop
         super().murder_keepalived()
+        SHARES.publish(self.nr_conns if self.alive else STOPPING)  # a stopping worker accepts no more
         now = time.monotonic()
         for conn in [c for c, deadline in self.reading.items() if deadline < now]:
             try:

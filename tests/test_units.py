@@ -196,6 +196,34 @@ def test_each_worker_takes_the_core_the_fewest_living_workers_hold(monkeypatch):
     assert host.one_core_per_worker(2) and not host.one_core_per_worker(1) and not host.one_core_per_worker(3)
 
 
+def test_a_worker_leaves_a_new_connection_to_one_that_holds_fewer(monkeypatch):
+    """ConnectionShares as the master and two forked workers see it (copies share the same memory)."""
+    import copy
+
+    from api.gunicorn_worker import ConnectionShares
+
+    master = ConnectionShares()
+    first, second = copy.copy(master), copy.copy(master)
+    monkeypatch.setattr("os.getpid", lambda: 101)
+    first.claim()
+    monkeypatch.setattr("os.getpid", lambda: 102)
+    second.claim()
+    assert first.slot is not None and second.slot is not None and first.slot != second.slot
+    first.publish(3)
+    second.publish(2)
+    assert first.fewer_elsewhere(3) and not second.fewer_elsewhere(2)
+    second.publish(3)
+    assert not first.fewer_elsewhere(3)  # as many: this worker takes it
+    second.publish(0)
+    master.release(102)  # the second worker exited: its count holds nobody back
+    assert not first.fewer_elsewhere(3)
+    third = copy.copy(master)
+    monkeypatch.setattr("os.getpid", lambda: 103)
+    third.claim()
+    assert third.slot == second.slot and first.fewer_elsewhere(1)  # its slot is taken again, from 0
+    assert not copy.copy(master).fewer_elsewhere(100)  # a worker without a slot takes every connection
+
+
 def test_gunicorn_gives_the_workers_distinct_cores_and_only_one_per_core(monkeypatch, tmp_path):
     import runpy
     from types import SimpleNamespace
