@@ -58,8 +58,8 @@ STOPPING = 2**31 - 1
 
 class ConnectionShares:
     """How many connections each living worker of this server holds, in memory the workers share: made when
-    the master imports this module (it loads the worker class), inherited by every worker it forks. A worker takes a
-    free slot when it starts and writes only its own; the master frees the slot of a worker that exits."""
+    the master imports this module (it loads the worker class), inherited by every worker it forks. A worker
+    takes a free slot when it starts and writes only its own; the master frees the slot of a worker that exits."""
 
     SLOTS = 64
 
