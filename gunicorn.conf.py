@@ -6,7 +6,7 @@ import tempfile
 from config import Config
 from core import host, memory, runtime
 
-memory.limit_arenas()  # in the master, so every worker forked from it has few arenas too (core/memory.py)
+memory.tune_malloc()  # in the master, so every worker forked from it inherits it (core/memory.py)
 
 _config = Config.from_env()
 bind = f"{_config.host}:{_config.port}"

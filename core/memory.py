@@ -10,6 +10,9 @@ glibc keeps the heap pages a request freed for later use, one arena per thread, 
 few large uploads stays large with nothing in flight. Two remedies, both no-ops where the C library is not
 glibc: few arenas for the process, and ``malloc_trim`` once a request has ended while the process is well above
 the size it had when it got ready (with the batcher's fix, `make soak` went from 3.3 GB to 1.5 GB after load).
+The opposite case is small requests: with glibc's default, moving thresholds the heap handed its top back after
+every patch and took it again for the next, about 60 page faults per request; fixed thresholds keep a request's
+arrays of up to ``MMAP_THRESHOLD_BYTES`` in the heap and give back only a top over ``TRIM_THRESHOLD_BYTES``.
 ONNX Runtime keeps a memory arena per session that grows to the largest batch it ran; it is shrunk at the
 same moment (core.runtime.shrink_arenas).
 """
@@ -29,10 +32,16 @@ from core.errors import ClientError, ImageTooLarge
 
 log = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # mallopt's parameter number for the arena count (malloc.h)
+# mallopt's parameter numbers (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+#: blocks up to this size come from the heap (reused by the next request); larger ones are mapped and unmapped
+MMAP_THRESHOLD_BYTES = 4 * 2**20
+#: the heap hands back its free top only beyond this (malloc_trim, below, still hands back everything)
+TRIM_THRESHOLD_BYTES = 16 * 2**20
 #: growth over the ready size, in bytes, from which a finished request hands freed memory back
 TRIM_ABOVE_BYTES = 256 * 1024 * 1024
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _libc = None
 _ready_bytes: int | None = None
 _released_at: int = 0  # the size after the last release: releasing again waits for new growth, not every request
@@ -49,18 +58,29 @@ def _glibc():
     return _libc or None
 
 
-def limit_arenas(count: int = 2) -> None:
-    """At most ``count`` malloc arenas for this process and the workers forked from it."""
+def tune_malloc(arenas: int = 2) -> None:
+    """At most ``arenas`` malloc arenas, and fixed trim and mmap thresholds, for this process and the workers
+    forked from it."""
     libc = _glibc()
-    if libc is not None and not libc.mallopt(M_ARENA_MAX, count):
-        log.warning("could not limit malloc arenas")
+    if libc is None:
+        return
+    for parameter, value in ((M_ARENA_MAX, arenas), (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+                             (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)):
+        if not libc.mallopt(parameter, value):
+            log.warning("could not set malloc parameter %d", parameter)
+
+
+_statm: tuple[int, int] | None = None  # (pid, descriptor) of /proc/self/statm: read after every request
 
 
 def resident_bytes() -> int:
-    """This process's resident memory now (Linux), else its peak."""
+    """This process's resident memory now (Linux), else its peak. The file stays open (one read per call, not
+    an open, a read and a close: this runs after every request); a forked child opens its own."""
+    global _statm
     try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        if _statm is None or _statm[0] != os.getpid():
+            _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+        return int(os.pread(_statm[1], 128, 0).split()[1]) * PAGE_BYTES
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

@@ -363,3 +363,20 @@ def test_pooled_report_counts_cells_with_intervals_and_the_majority_answer():
     assert cells["accuracy_interval_95"][0] < 7 / 8 <= cells["accuracy_interval_95"][1]
     assert report["majority_baseline"] == {"label": "a", "accuracy": 0.75, "per_group_accuracy": 0.75}
     assert report["confidence_floor"]["share_uncertain"] == 0.0
+
+
+def test_resident_bytes_follows_the_process_and_a_forked_child_reads_its_own():
+    from core import memory
+
+    before = memory.resident_bytes()
+    block = np.ones(64 * 2**20, np.uint8)  # touched: 64 MB more resident
+    assert memory.resident_bytes() - before > 48 * 2**20
+    del block
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the parent's open descriptor reads the parent: the child must open its own
+        resident = memory.resident_bytes()
+        os.write(writer, f"{memory._statm[0] == os.getpid()} {resident > 0}".encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(reader, 64).decode() == "True True"
