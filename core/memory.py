@@ -10,9 +10,10 @@ glibc keeps the heap pages a request freed for later use, one arena per thread, 
 few large uploads stays large with nothing in flight. Two remedies, both no-ops where the C library is not
 glibc: few arenas for the process, and ``malloc_trim`` once a request has ended while the process is well above
 the size it had when it got ready (with the batcher's fix, `make soak` went from 3.3 GB to 1.5 GB after load).
-The opposite case is small requests: with glibc's default, moving thresholds the heap handed its top back after
-every patch and took it again for the next, about 60 page faults per request; fixed thresholds keep a request's
-arrays of up to ``MMAP_THRESHOLD_BYTES`` in the heap and give back only a top over ``TRIM_THRESHOLD_BYTES``.
+The opposite case is small requests: with glibc's default thresholds, which move, the heap handed its top back
+after every patch and took it again for the next, about 60 page faults per request; fixed thresholds keep a
+request's arrays of up to ``MMAP_THRESHOLD_BYTES`` in the heap and give back only a top over
+``TRIM_THRESHOLD_BYTES``.
 ONNX Runtime keeps a memory arena per session that grows to the largest batch it ran; it is shrunk at the
 same moment (core.runtime.shrink_arenas).
 """
