@@ -42,7 +42,7 @@ TRIM_THRESHOLD_BYTES = 16 * 2**20
 #: growth over the ready size, in bytes, from which a finished request hands freed memory back
 TRIM_ABOVE_BYTES = 256 * 1024 * 1024
 
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _libc = None
 _ready_bytes: int | None = None
 _released_at: int = 0  # the size after the last release: releasing again waits for new growth, not every request
@@ -80,6 +80,8 @@ def resident_bytes() -> int:
     global _statm
     try:
         if _statm is None or _statm[0] != os.getpid():
+            if _statm is not None:  # a forked child's copy of its parent's descriptor reads the parent
+                os.close(_statm[1])
             _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
         return int(os.pread(_statm[1], 128, 0).split()[1]) * PAGE_BYTES
     except OSError:
