@@ -23,13 +23,14 @@ dev: $(BIN)/activate  ## Flask's development server
 test: $(BIN)/activate
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/activate  ## serving benchmark, every model: the whole request's in-process limit vs this service (default workers, one per core as memory allows, and one worker) vs the same pipeline on BentoML (its own environment, made on first use) vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); ms per image by forward-pass size (bench/pass_size.json); the domain check's table and cost (bench/domain_check.md); one worker's memory at ready and after bursts (bench/worker_memory.json); a 20,000² slide in-process vs Spark local[1] vs local[2] (bench/slide_engines.json)
+bench: $(BIN)/activate  ## serving benchmark, every model: the whole request's in-process limit vs this service (default workers, one per core as memory allows, and one worker) vs the same pipeline on BentoML (its own environment, made on first use) vs a MAX-style server (bench/results.json); protein field time (bench/protein_field.json); ms per image by forward-pass size (bench/pass_size.json); the domain check's table and cost (bench/domain_check.md); one worker's memory at ready and after bursts (bench/worker_memory.json); a 20,000² slide in-process vs Spark local[1] vs local[2] (bench/slide_engines.json); the HTTP path's own cost per patch and the share of the limit it leaves (bench/http_path.json)
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.protein_field --data $(DATA)/protein/hpa2018
 	$(BIN)/python -m bench.pass_size
 	$(BIN)/python -m bench.domain_check --data $(DATA) --per-source 100
 	$(BIN)/python -m bench.worker_memory --data $(DATA)
 	$(BIN)/python -m bench.slide_engines --data $(DATA)/metastasis/pcam
+	$(BIN)/python -m bench.http_path
 
 loadtest: $(BIN)/activate  ## 2,000 requests at 32 clients against gunicorn: no errors, memory within 10 %
 	$(BIN)/python -m bench.loadtest
