@@ -39,8 +39,6 @@ from bench.typical_uploads import Upload, typical_uploads
 from config import ROOT
 
 MAX_PIXELS = 64_000_000
-
-
 CONSTANT = {"predictions": [{"label": "constant", "probability": 1.0}]}
 
 
@@ -164,7 +162,8 @@ def measured(base: str, pids: list[int], upload: Upload, clients: int, seconds: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--upload", default="metastasis", help="a typical upload's name (bench/typical_uploads.py)")
+    parser.add_argument("--upload", default="metastasis", choices=("metastasis", "leukocyte"),
+                        help="the typical patch or smear crop (bench/typical_uploads.py)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=8)
