@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bench.serving import LOG, descendants, free_port, inprocess_rate, load, wait_ready
+from bench.serving import LOG, descendants, free_port, inprocess_rate, load, loaded_model, wait_ready
 from bench.typical_uploads import Upload, typical_uploads
 from config import ROOT
 
@@ -74,16 +74,7 @@ def network_only_app():
 def _network_loop(upload: Upload, seconds: float, barrier, results) -> None:
     """In a process of its own, single-threaded: ``network_part`` of ``upload`` back to back for ``seconds``;
     puts (requests, thread CPU seconds)."""
-    from core import runtime
-    from core.assets import read_spec
-    from core.registry import model_class
-
-    runtime.limit_threads(1)
-    runtime.single_threaded_blas()
-    model = model_class(upload.model)(read_spec(ROOT / "assets" / upload.model))
-    model.configure(runtime="auto", max_batch=1)
-    model.load()
-    options = {option.name: option.default for option in model.declared_options()}
+    model, options = loaded_model(upload.model, 1)
     network_part(model, upload.files, options)
     barrier.wait()
     count, cpu, stop = 0, time.thread_time(), time.perf_counter() + seconds

@@ -83,9 +83,9 @@ def forward_limits(model_id: str, repeats: int) -> dict:
     return out
 
 
-def _request_loop(upload: Upload, threads: int, seconds: float, barrier, results) -> None:
-    """In a process of its own: the model loaded as the service loads it, then ``upload`` answered back to back
-    (decode, analysis, answer JSON) for ``seconds`` once every process is ready; puts (count, latencies)."""
+def loaded_model(model_id: str, threads: int):
+    """(model, its default options): the model loaded as the service loads it, with no micro-batcher, its
+    forward passes on ``threads`` threads (0: the runtimes' defaults)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from core import runtime
     from core.assets import read_spec
@@ -94,10 +94,16 @@ def _request_loop(upload: Upload, threads: int, seconds: float, barrier, results
     if threads:
         runtime.limit_threads(threads)
         runtime.single_threaded_blas()
-    model = model_class(upload.model)(read_spec(ROOT / "assets" / upload.model))
+    model = model_class(model_id)(read_spec(ROOT / "assets" / model_id))
     model.configure(runtime="auto", max_batch=1)
     model.load()
-    options = {o.name: o.default for o in model.declared_options()}
+    return model, {o.name: o.default for o in model.declared_options()}
+
+
+def _request_loop(upload: Upload, threads: int, seconds: float, barrier, results) -> None:
+    """In a process of its own: the model loaded as the service loads it, then ``upload`` answered back to back
+    (decode, analysis, answer JSON) for ``seconds`` once every process is ready; puts (count, latencies)."""
+    model, options = loaded_model(upload.model, threads)
 
     def one() -> None:
         json.dumps(model.answer(model.read_inputs(upload.files, MAX_PIXELS), options))
